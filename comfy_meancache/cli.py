@@ -1,0 +1,61 @@
+"""Command line: ``python -m comfy_meancache plan ...`` (demo, bench and calibrate join it)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .core.estimators import DEFAULT_ESTIMATOR, ESTIMATORS
+from .core.planner import plan
+from .core.schedule import PlannerSettings
+from .core.sigmas import SCHEDULERS, flow_sigmas
+
+
+def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")
+    parser.add_argument("--shift", type=float, default=3.0, help="model sampling shift (Z-Image: 3)")
+    parser.add_argument("--scheduler", choices=SCHEDULERS, default="simple")
+    parser.add_argument("--denoise", type=float, default=1.0)
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--compute-steps", type=int, help="model calls to spend")
+    budget.add_argument("--speedup", type=float, help="target speedup instead of compute steps (default 2.5)")
+    parser.add_argument("--estimator", choices=ESTIMATORS, default=DEFAULT_ESTIMATOR)
+    defaults = PlannerSettings()
+    parser.add_argument("--gamma", type=float, default=defaults.gamma, help="peak suppression power")
+    parser.add_argument("--warmup", type=int, default=defaults.warmup, help="leading steps always computed")
+    parser.add_argument("--max-gap", type=int, default=defaults.max_gap, help="longest edge in steps")
+    parser.add_argument("--max-span", type=int, default=defaults.max_span, help="largest meancache span K")
+    parser.add_argument("--json", action="store_true", help="print the schedule as JSON")
+
+
+def _plan(args: argparse.Namespace) -> int:
+    sigmas = flow_sigmas(args.steps, args.shift, args.scheduler, args.denoise)
+    settings = PlannerSettings(gamma=args.gamma, warmup=args.warmup, max_gap=args.max_gap, max_span=args.max_span)
+    speedup = args.speedup if args.compute_steps is None and args.speedup is not None else None
+    if args.compute_steps is None and speedup is None:
+        speedup = 2.5
+    schedule = plan(
+        sigmas, compute_steps=args.compute_steps, speedup=speedup, estimator=args.estimator, settings=settings
+    )
+    if args.json:
+        print(schedule.to_json(indent=1))
+    else:
+        print(schedule.summary())
+        print("computed steps:", " ".join(map(str, schedule.computed_steps)))
+        for note in schedule.notes:
+            print("note:", note)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m comfy_meancache", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    plan_parser = commands.add_parser("plan", help="plan a compute/skip schedule with PSSP")
+    _add_plan_arguments(plan_parser)
+    plan_parser.set_defaults(run=_plan)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,248 @@
+"""PSSP: the Peak-Suppressed Shortest Path planner.
+
+Steps ``0..N-1`` are nodes. An edge ``i -> j`` means "call the model at ``i``
+and ``j`` and estimate the steps between"; its cost ``C(e)`` is the predicted
+deviation of the sampler state at ``j``. The plan is the path from the first
+to the last step with at most ``B`` nodes that minimises ``sum C(e) ** gamma``:
+``gamma > 1`` makes one large deviation cost more than several small ones
+(the "peak suppression"). Dynamic programming over (nodes used, last node)
+solves it exactly; estimators whose edge cost also depends on the computed
+step before the edge (``meancache2``) use the pair-state variant over
+(nodes used, last two nodes).
+
+Constraints: the first ``warmup`` steps and the last step are computed, and
+no edge is longer than ``max_gap`` steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from .costs import EdgeCosts
+from .estimators import DEFAULT_ESTIMATOR, ESTIMATORS
+from .prior import prior_costs
+from .schedule import Edge, PlannerSettings, Schedule, meancache2_spans
+
+
+def plan(
+    sigmas: list[float],
+    *,
+    compute_steps: int | None = None,
+    speedup: float | None = None,
+    estimator: str = DEFAULT_ESTIMATOR,
+    settings: PlannerSettings = PlannerSettings(),
+    costs: EdgeCosts | None = None,
+) -> Schedule:
+    """Plan ``sigmas`` for a model-call budget given as ``compute_steps`` or a target ``speedup``.
+
+    Without ``costs`` the built-in prior prices the edges. A speedup the
+    warm-up and gap limits cannot reach is clamped, with a note saying so; an
+    explicit ``compute_steps`` that cannot be met is an error.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    n = len(sigmas) - 1
+    if n < 1:
+        raise ValueError("a schedule needs at least 2 sigmas")
+    notes: list[str] = []
+    if (compute_steps is None) == (speedup is None):
+        raise ValueError("give exactly one of compute steps or speedup")
+    if speedup is not None:
+        if not speedup >= 1.0:
+            raise ValueError(f"speedup must be >= 1, got {speedup}")
+        budget = max(1, min(n, round(n / speedup)))
+        fewest = fewest_calls(n, settings)
+        if budget < fewest:
+            notes.append(
+                f"{speedup:g}x asks for {budget} model calls of {n} steps; warm-up {settings.warmup}, "
+                f"max gap {settings.max_gap} and the last step need {fewest}"
+            )
+            budget = fewest
+    else:
+        budget = int(compute_steps)
+        if budget < 1:
+            raise ValueError(f"compute steps must be >= 1, got {budget}")
+    if costs is None:
+        costs = prior_costs(sigmas, estimator, settings.max_span, settings.max_gap)
+    elif costs.estimator != estimator:
+        raise ValueError(f"costs were measured for {costs.estimator!r}, not {estimator!r}")
+    schedule = plan_pssp(sigmas, costs, budget, replace(settings, cost_source=costs.source))
+    return schedule.with_notes(*notes)
+
+
+def fewest_calls(n: int, settings: PlannerSettings) -> int:
+    """The fewest model calls ``n`` steps allow under the warm-up and max-gap limits."""
+    warm = min(max(settings.warmup, 1), n)
+    tail = n - warm
+    return warm + (-(-tail // settings.max_gap) if tail > 0 else 0)
+
+
+def plan_pssp(sigmas: list[float], costs: EdgeCosts, budget: int, settings: PlannerSettings) -> Schedule:
+    """The optimal schedule for ``budget`` model calls under ``costs``."""
+    n = len(sigmas) - 1
+    if costs.steps != n:
+        raise ValueError(f"edge costs cover {costs.steps} steps but the sigmas have {n}")
+    _check_budget(n, budget, settings)
+    if budget >= n:
+        nodes = list(range(n))
+    elif costs.pair_state:
+        nodes = _pair_state_path(_pair_transitions(costs.table, settings), n, budget)
+    else:
+        nodes = _single_state_path(_edge_matrix(costs.table, settings)[0], n, budget)
+    return _schedule_from_path(sigmas, nodes, costs, budget, settings)
+
+
+def _check_budget(n: int, budget: int, settings: PlannerSettings) -> None:
+    if settings.gamma <= 0:
+        raise ValueError(f"gamma must be > 0, got {settings.gamma}")
+    if settings.max_gap < 1:
+        raise ValueError(f"max gap must be >= 1, got {settings.max_gap}")
+    if settings.max_span < 1:
+        raise ValueError(f"max span must be >= 1, got {settings.max_span}")
+    if budget > n:
+        raise ValueError(f"compute steps {budget} > steps {n}")
+    needed = fewest_calls(n, settings)
+    if budget < needed:
+        raise ValueError(
+            f"compute steps {budget} < {needed}, the fewest that {n} steps allow with warm-up "
+            f"{settings.warmup} and max gap {settings.max_gap}; raise compute steps or max gap, or lower warm-up"
+        )
+
+
+def _valid_edges(n: int, settings: PlannerSettings) -> np.ndarray:
+    """Boolean ``[N, N]``: edges within max gap that skip no warm-up step."""
+    i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    gap = j - i
+    return (gap >= 1) & (gap <= settings.max_gap) & ((gap == 1) | (i >= settings.warmup - 1))
+
+
+def _powered(costs: np.ndarray, settings: PlannerSettings) -> np.ndarray:
+    """``(C / max C) ** gamma`` on valid edges, 0 on chains, inf elsewhere.
+
+    ``costs`` is ``[..., N, N]``; dividing by the largest finite cost keeps the
+    argmin and keeps large ``gamma`` clear of under- and overflow.
+    """
+    n = costs.shape[-1]
+    valid = _valid_edges(n, settings)
+    chain = np.eye(n, k=1, dtype=bool)
+    out = np.where(valid & ~chain & ~np.isnan(costs), np.maximum(costs, 0.0), np.inf)
+    finite = out[np.isfinite(out)]
+    scale = finite.max() if finite.size and finite.max() > 0 else 1.0
+    return np.where(chain, 0.0, (out / scale) ** settings.gamma)
+
+
+def _edge_matrix(table: np.ndarray, settings: PlannerSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Best-span powered cost ``[N, N]`` and that span, for single-state estimators."""
+    powered = _powered(table[: settings.max_span], settings)
+    best = np.argmin(powered, axis=0)
+    return np.take_along_axis(powered, best[None], axis=0)[0], best + 1
+
+
+def _single_state_path(cost: np.ndarray, n: int, budget: int) -> list[int]:
+    """Exact DP: ``f[m, j]`` = cheapest path ``0 -> j`` through ``m + 1`` nodes."""
+    f = np.full((budget, n), np.inf)
+    parent = np.zeros((budget, n), dtype=np.int64)
+    f[0, 0] = 0.0
+    reach = max(d for d in range(1, n) if np.isfinite(np.diagonal(cost, offset=d)).any())
+    for m in range(1, budget):
+        for d in range(1, reach + 1):
+            diag = np.diagonal(cost, offset=d)
+            cand = f[m - 1, : n - d] + diag
+            better = cand < f[m, d:]
+            f[m, d:][better] = cand[better]
+            parent[m, d:][better] = d
+    m = _fewest_nodes_at_min(f[:, n - 1])
+    nodes, j = [n - 1], n - 1
+    while m > 0:
+        j -= parent[m, j]
+        m -= 1
+        nodes.append(j)
+    return nodes[::-1]
+
+
+def _fewest_nodes_at_min(final: np.ndarray) -> int:
+    if not np.isfinite(final).any():
+        raise ValueError("no schedule satisfies the constraints; raise compute steps or max gap")
+    return int(np.flatnonzero(final == final.min())[0])
+
+
+def _pair_transitions(table: np.ndarray, settings: PlannerSettings) -> np.ndarray:
+    """Powered cost ``T[b, d1, d2]`` of edge ``b -> b + d2`` after ``b - d1 -> b`` (``d1 = 0``: none).
+
+    Distances stop at the max gap, which keeps the table ``N * G^2`` instead of ``N^3``.
+    """
+    n = table.shape[1]
+    powered = _powered(table, settings)
+    gaps = min(n, settings.max_gap + 1)
+    b = np.arange(n)[:, None, None]
+    d1 = np.arange(gaps)[None, :, None]
+    d2 = np.arange(gaps)[None, None, :]
+    row = np.where(d1 > 0, b - d1 + 1, 0)  # table row: previous node + 1, 0 = none
+    ok = (d2 >= 1) & (b + d2 < n) & (row >= 0) & ((d1 > 0) | (b == 0))
+    trans = powered[np.clip(row, 0, n), b, np.minimum(b + d2, n - 1)]
+    return np.where(ok, trans, np.inf)
+
+
+def _pair_state_path(trans: np.ndarray, n: int, budget: int) -> list[int]:
+    """Exact DP over (nodes used, last node, distance to the node before)."""
+    gaps = trans.shape[1]
+    g = np.full((budget, n, gaps), np.inf)
+    parent = np.zeros((budget, n, gaps), dtype=np.int64)
+    g[0, 0, 0] = 0.0
+    for m in range(1, budget):
+        cand = g[m - 1][:, :, None] + trans  # [b, d1, d2]
+        best_d1 = np.argmin(cand, axis=1)  # [b, d2]
+        best = np.take_along_axis(cand, best_d1[:, None, :], axis=1)[:, 0, :]
+        for d2 in range(1, gaps):
+            g[m, d2:, d2] = best[: n - d2, d2]
+            parent[m, d2:, d2] = best_d1[: n - d2, d2]
+    final = g[:, n - 1, :].min(axis=1)
+    m = _fewest_nodes_at_min(final)
+    d = int(np.argmin(g[m, n - 1]))
+    nodes, j = [n - 1], n - 1
+    while m > 0:
+        prev_d = int(parent[m, j, d])
+        j -= d
+        nodes.append(j)
+        d, m = prev_d, m - 1
+    return nodes[::-1]
+
+
+def _schedule_from_path(
+    sigmas: list[float], nodes: list[int], costs: EdgeCosts, budget: int, settings: PlannerSettings
+) -> Schedule:
+    n = len(sigmas) - 1
+    nodes = [int(i) for i in nodes]
+    compute = [False] * n
+    for i in nodes:
+        compute[i] = True
+    if costs.pair_state:
+        span = meancache2_spans(compute)
+    else:
+        spans_of = _edge_matrix(costs.table, settings)[1]
+        span = [0] * n
+        for a, b in zip(nodes, nodes[1:]):
+            for i in range(a + 1, b):
+                span[i] = int(spans_of[a, b])
+    edges = []
+    for k, (a, b) in enumerate(zip(nodes, nodes[1:])):
+        if b - a < 2:
+            continue
+        if costs.pair_state:
+            row = nodes[k - 1] + 1 if k > 0 else 0
+            cost = float(costs.table[row, a, b])
+        else:
+            cost = float(costs.table[span[a + 1] - 1, a, b])
+        edges.append(Edge(a, b, span[a + 1], cost))
+    return Schedule(
+        sigmas=sigmas,
+        compute=compute,
+        span=span,
+        estimator=costs.estimator,
+        budget=budget,
+        settings=settings,
+        edges=tuple(edges),
+        notes=(f"planned by PSSP from {costs.source} costs",),
+    )

@@ -1,0 +1,261 @@
+"""The compute/skip plan: the object behind the ``MEANCACHE_SCHEDULE`` socket.
+
+A :class:`Schedule` is plain, immutable data: the sigma grid it was planned
+for, which steps call the model, the span each skipped step's estimator uses,
+the planner settings and the predicted cost of every skipped edge. Planning
+produces it, the stepper consumes it and the report renders it; nothing in a
+run reaches back into the planner.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+from .estimators import ESTIMATORS
+
+SCHEDULE_FORMAT = "comfy-meancache-schedule"
+SCHEDULE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PlannerSettings:
+    """How a schedule was planned (kept for reports and re-planning)."""
+
+    gamma: float = 2.0
+    warmup: int = 3
+    max_gap: int = 8
+    max_span: int = 6
+    cost_source: str = "prior"
+
+
+@dataclass(frozen=True)
+class Edge:
+    """Model calls at ``start`` and ``end``, steps in between skipped with ``span``."""
+
+    start: int
+    end: int
+    span: int
+    cost: float | None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A validated compute/skip plan over ``len(sigmas) - 1`` sampler steps.
+
+    ``span[i]`` is 0 on computed steps; on a skipped step it is the estimator's
+    span ``K`` (for ``meancache2`` the distance back to the older of the two
+    computed steps its JVP uses). ``budget`` is the model-call budget the plan
+    was asked for; the plan itself may use fewer calls.
+    """
+
+    sigmas: tuple[float, ...]
+    compute: tuple[bool, ...]
+    span: tuple[int, ...]
+    estimator: str
+    budget: int
+    settings: PlannerSettings = field(default_factory=PlannerSettings)
+    edges: tuple[Edge, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sigmas", tuple(float(s) for s in self.sigmas))
+        object.__setattr__(self, "compute", tuple(bool(c) for c in self.compute))
+        object.__setattr__(self, "span", tuple(int(k) for k in self.span))
+        object.__setattr__(self, "edges", tuple(self.edges))
+        object.__setattr__(self, "notes", tuple(self.notes))
+        validate(self)
+
+    @property
+    def steps(self) -> int:
+        return len(self.compute)
+
+    @property
+    def model_calls(self) -> int:
+        return sum(self.compute)
+
+    @property
+    def speedup(self) -> float:
+        return self.steps / self.model_calls
+
+    @property
+    def computed_steps(self) -> tuple[int, ...]:
+        return tuple(i for i, c in enumerate(self.compute) if c)
+
+    @property
+    def max_lookback(self) -> int:
+        """The most recent used velocities any skipped step may read."""
+        return max((k for k, c in zip(self.span, self.compute) if not c), default=1)
+
+    def summary(self) -> str:
+        """One line, e.g. ``50 steps -> 20 model calls (2.50x), skips 30, spans K=2..5``."""
+        skips = self.steps - self.model_calls
+        text = f"{self.steps} steps -> {self.model_calls} model calls ({self.speedup:.2f}x), skips {skips}"
+        spans = sorted({k for k, c in zip(self.span, self.compute) if not c})
+        if spans:
+            text += f", spans K={spans[0]}" + (f"..{spans[-1]}" if spans[-1] != spans[0] else "")
+        return text
+
+    def with_notes(self, *notes: str) -> Schedule:
+        return replace(self, notes=self.notes + tuple(notes))
+
+    def remap(self, new_sigmas: Sequence[float]) -> Schedule:
+        """This plan moved onto another sigma grid by sigma position, not by step index.
+
+        Each computed step lands on the new step nearest in sigma; the first and
+        last steps stay computed and the number of model calls is scaled to keep
+        the speedup (splitting the longest gaps, or merging the shortest ones).
+        Spans follow the old plan's span at the nearest sigma. Predicted edge
+        costs do not carry over.
+        """
+        sigmas = [float(s) for s in new_sigmas]
+        n = len(sigmas) - 1
+        if n < 1:
+            raise ValueError("cannot remap onto fewer than 2 sigmas")
+        if n <= self.settings.warmup:
+            note = f"{n} steps <= warm-up {self.settings.warmup}: every step computed"
+            return _all_computed(self, sigmas, note)
+        target = min(n, max(min(2, n), round(self.model_calls * n / self.steps)))
+        nodes = {_nearest(sigmas[:-1], self.sigmas[i]) for i in self.computed_steps} | {0, n - 1}
+        nodes = _resize(sorted(nodes), target)
+        compute = [i in nodes for i in range(n)]
+        old_span = self._span_by_step()
+        span = [0 if c else old_span[_nearest(self.sigmas[:-1], sigmas[i])] for i, c in enumerate(compute)]
+        note = f"remapped {self.summary()} onto {n} steps by sigma"
+        return _build(self, sigmas, compute, span, note)
+
+    def _span_by_step(self) -> list[int]:
+        """Span per old step, where a computed step takes the span of the skips after it."""
+        span = list(self.span)
+        for i in range(len(span) - 1, -1, -1):
+            if span[i] == 0:
+                span[i] = span[i + 1] if i + 1 < len(span) and span[i + 1] else 1
+        return span
+
+    def to_dict(self) -> dict:
+        return {
+            "format": SCHEDULE_FORMAT,
+            "version": SCHEDULE_VERSION,
+            "sigmas": list(self.sigmas),
+            "compute": list(self.compute),
+            "span": list(self.span),
+            "estimator": self.estimator,
+            "budget": self.budget,
+            "model_calls": self.model_calls,
+            "settings": asdict(self.settings),
+            "edges": [asdict(e) for e in self.edges],
+            "notes": list(self.notes),
+        }
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Schedule:
+        if not isinstance(data, dict) or data.get("format") != SCHEDULE_FORMAT:
+            raise ValueError(f"not a MeanCache schedule (expected format {SCHEDULE_FORMAT!r})")
+        if data.get("version") != SCHEDULE_VERSION:
+            raise ValueError(
+                f"schedule version {data.get('version')!r} is not supported (this pack reads {SCHEDULE_VERSION})"
+            )
+        try:
+            return cls(
+                sigmas=data["sigmas"],
+                compute=data["compute"],
+                span=data["span"],
+                estimator=data["estimator"],
+                budget=data["budget"],
+                settings=PlannerSettings(**data.get("settings", {})),
+                edges=tuple(Edge(**e) for e in data.get("edges", [])),
+                notes=tuple(data.get("notes", [])),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed schedule: {exc}") from exc
+
+    @classmethod
+    def from_json(cls, text: str) -> Schedule:
+        return cls.from_dict(json.loads(text))
+
+
+def validate(schedule: Schedule) -> None:
+    """Raise ``ValueError`` with a human message if ``schedule`` is inconsistent."""
+    n = len(schedule.compute)
+    if n < 1:
+        raise ValueError("a schedule needs at least one step")
+    if len(schedule.sigmas) != n + 1:
+        raise ValueError(f"{n} steps need {n + 1} sigmas, got {len(schedule.sigmas)}")
+    if len(schedule.span) != n:
+        raise ValueError(f"{n} steps need {n} spans, got {len(schedule.span)}")
+    if not all(math.isfinite(s) and s >= 0.0 for s in schedule.sigmas):
+        raise ValueError("sigmas must be finite and >= 0")
+    if any(b > a for a, b in zip(schedule.sigmas, schedule.sigmas[1:])):
+        raise ValueError("sigmas must not increase along the schedule")
+    if schedule.estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {schedule.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    if not schedule.compute[0] or not schedule.compute[-1]:
+        raise ValueError("the first and the last step must be computed")
+    if schedule.model_calls > schedule.budget:
+        raise ValueError(f"compute steps {schedule.model_calls} > budget {schedule.budget}")
+    if schedule.budget > n:
+        raise ValueError(f"compute steps {schedule.budget} > steps {n}")
+    for i, (c, k) in enumerate(zip(schedule.compute, schedule.span)):
+        if c and k != 0:
+            raise ValueError(f"computed step {i} has span {k}; computed steps carry span 0")
+        if not c and k < 1:
+            raise ValueError(f"skipped step {i} needs a span >= 1, got {k}")
+
+
+def meancache2_spans(compute: Sequence[bool]) -> list[int]:
+    """Per step, the distance from the edge start back to the computed step before it (1 if none)."""
+    spans, nodes = [], []
+    for i, c in enumerate(compute):
+        if c:
+            nodes.append(i)
+            spans.append(0)
+        else:
+            spans.append(nodes[-1] - nodes[-2] if len(nodes) > 1 else 1)
+    return spans
+
+
+def _nearest(grid: Sequence[float], sigma: float) -> int:
+    return min(range(len(grid)), key=lambda i: (abs(grid[i] - sigma), i))
+
+
+def _resize(nodes: list[int], target: int) -> set[int]:
+    """Add or drop interior nodes until there are ``target``, keeping gaps even."""
+    nodes = list(nodes)
+    while len(nodes) > target:
+        merged = [(nodes[k + 1] - nodes[k - 1], k) for k in range(1, len(nodes) - 1)]
+        nodes.pop(min(merged)[1])
+    while len(nodes) < target:
+        widest = max(range(len(nodes) - 1), key=lambda k: (nodes[k + 1] - nodes[k], -k))
+        nodes.insert(widest + 1, (nodes[widest] + nodes[widest + 1]) // 2)
+    return set(nodes)
+
+
+def _all_computed(schedule: Schedule, sigmas: list[float], note: str) -> Schedule:
+    n = len(sigmas) - 1
+    return _build(schedule, sigmas, [True] * n, [0] * n, note)
+
+
+def _build(schedule: Schedule, sigmas: list[float], compute: list[bool], span: list[int], note: str) -> Schedule:
+    if schedule.estimator == "meancache2":
+        span = meancache2_spans(compute)
+    n = len(compute)
+    return Schedule(
+        sigmas=sigmas,
+        compute=compute,
+        span=span,
+        estimator=schedule.estimator,
+        budget=min(n, max(sum(compute), round(schedule.budget * n / schedule.steps))),
+        settings=schedule.settings,
+        edges=tuple(Edge(a, b, span[a + 1], None) for a, b in _edge_pairs(compute)),
+        notes=schedule.notes + (note,),
+    )
+
+
+def _edge_pairs(compute: Sequence[bool]) -> list[tuple[int, int]]:
+    nodes = [i for i, c in enumerate(compute) if c]
+    return [(a, b) for a, b in zip(nodes, nodes[1:]) if b - a > 1]

@@ -1,0 +1,174 @@
+"""Run-time state machine: one sampling run under a :class:`Schedule`.
+
+The caller (the ComfyUI hook, or :func:`euler.sample_euler`) feeds each
+sampler step once, in order::
+
+    if stepper.decide(i, x) is Action.COMPUTE:
+        v = model(x, sigma_i)
+        stepper.record(i, v)
+    else:
+        v = stepper.estimate(i)
+
+The stepper keeps only the velocities its estimator can still read, never
+synchronises with the device (no ``.item()``), and frees everything in
+:meth:`finish`, which returns the run's statistics.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .estimators import combine, estimator_weights
+from .schedule import Schedule
+
+
+class Action(enum.Enum):
+    COMPUTE = "compute"
+    SKIP = "skip"
+
+
+@dataclass
+class StepRecord:
+    """What happened at one step; ``reason`` says why a planned skip was computed."""
+
+    step: int
+    sigma: float
+    planned: Action
+    action: Action
+    span: int
+    reason: str = ""
+    started: float = 0.0
+    wall_s: float | None = None
+
+    @property
+    def fallback(self) -> bool:
+        return self.planned is Action.SKIP and self.action is Action.COMPUTE
+
+
+@dataclass
+class RunStats:
+    """Per-step record of one run, for the log line and the report."""
+
+    schedule: Schedule
+    records: list[StepRecord] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def steps_run(self) -> int:
+        return len(self.records)
+
+    @property
+    def model_calls(self) -> int:
+        return sum(r.action is Action.COMPUTE for r in self.records)
+
+    @property
+    def skipped(self) -> int:
+        return sum(r.action is Action.SKIP for r in self.records)
+
+    @property
+    def fallbacks(self) -> list[StepRecord]:
+        return [r for r in self.records if r.fallback]
+
+    @property
+    def speedup(self) -> float:
+        return self.steps_run / self.model_calls if self.model_calls else 1.0
+
+    def summary(self) -> str:
+        """``50 steps -> 20 model calls (2.50x), 30 skipped, 38.4 s``."""
+        text = (
+            f"{self.steps_run} steps -> {self.model_calls} model calls ({self.speedup:.2f}x), "
+            f"{self.skipped} skipped, {self.wall_s:.1f} s"
+        )
+        if self.fallbacks:
+            text += f", {len(self.fallbacks)} planned skips computed"
+        return text
+
+
+class Stepper:
+    """Decides compute or skip per step and produces the skipped steps' velocities."""
+
+    def __init__(self, schedule: Schedule, debug: bool = False) -> None:
+        self.schedule = schedule
+        self.debug = debug
+        self.stats = RunStats(schedule)
+        self._window = schedule.max_lookback if schedule.estimator == "meancache" else 1
+        self._velocities: dict[int, torch.Tensor] = {}
+        self._computed: list[int] = []
+        self._meta: tuple | None = None
+        self._start = time.perf_counter()
+
+    def decide(self, step: int, x: torch.Tensor) -> Action:
+        """COMPUTE or SKIP for the first evaluation of ``step`` with sampler state ``x``."""
+        now = time.perf_counter()
+        self._close_previous(now)
+        planned = Action.COMPUTE if self.schedule.compute[step] else Action.SKIP
+        record = StepRecord(step, self.schedule.sigmas[step], planned, planned, self.schedule.span[step], started=now)
+        meta = (x.shape, x.dtype, x.device)
+        if self._meta is not None and meta != self._meta:
+            self._forget()
+            record.reason = "latent shape, dtype or device changed"
+        self._meta = meta
+        if planned is Action.SKIP and not record.reason:
+            record.reason = self._missing_history(step)
+        if planned is Action.SKIP and record.reason:
+            record.action = Action.COMPUTE
+        self.stats.records.append(record)
+        return record.action
+
+    def record(self, step: int, velocity: torch.Tensor) -> None:
+        """Keep the model's velocity for ``step``."""
+        self._velocities[step] = velocity
+        self._computed.append(step)
+        del self._computed[:-2]
+        self._prune(step)
+
+    def estimate(self, step: int) -> torch.Tensor:
+        """The estimator's velocity for skipped ``step`` (kept as that step's used velocity)."""
+        weights = self._weights(step)
+        velocity = combine(weights, self._velocities)
+        self._velocities[step] = velocity
+        self._prune(step)
+        if self.debug:
+            self.stats.notes.append(f"step {step}: weights {weights}, |v| {float(velocity.abs().mean()):.4g}")
+        return velocity
+
+    def finish(self) -> RunStats:
+        """Free all tensors and return the statistics of the run."""
+        now = time.perf_counter()
+        self._close_previous(now)
+        self._forget()
+        self._meta = None
+        self.stats.wall_s = now - self._start
+        return self.stats
+
+    def _weights(self, step: int) -> dict[int, float]:
+        computed = self._computed[-2:]
+        return estimator_weights(
+            self.schedule.estimator, self.schedule.sigmas, step, self.schedule.span[step], computed
+        )
+
+    def _missing_history(self, step: int) -> str:
+        if not self._computed:
+            return "no computed step before it in this run"
+        missing = sorted(set(self._weights(step)) - set(self._velocities))
+        return f"history of step(s) {missing} not seen in this run" if missing else ""
+
+    def _prune(self, step: int) -> None:
+        keep = set(self._computed[-2:]) | set(range(step - self._window + 1, step + 1))
+        for old in [m for m in self._velocities if m not in keep]:
+            del self._velocities[old]
+
+    def _forget(self) -> None:
+        self._velocities.clear()
+        self._computed.clear()
+
+    def _close_previous(self, now: float) -> None:
+        if self.stats.records:
+            last = self.stats.records[-1]
+            if last.action is Action.COMPUTE and last.wall_s is None:
+                last.wall_s = now - last.started

@@ -1,0 +1,110 @@
+"""Stepper: exact equivalence, model-call counts, memory release, fallbacks."""
+
+import gc
+import weakref
+
+import torch
+
+from comfy_meancache.core.euler import sample_euler
+from comfy_meancache.core.planner import plan
+from comfy_meancache.core.schedule import Schedule
+from comfy_meancache.core.sigmas import flow_sigmas
+from comfy_meancache.core.stepper import Action, Stepper
+
+
+def curved_velocity(x, sigma):
+    return torch.sin(3 * x) * (1 + sigma) - x * sigma**2
+
+
+def counting(velocity):
+    calls = []
+
+    def wrapped(x, sigma):
+        calls.append(sigma)
+        return velocity(x, sigma)
+
+    return wrapped, calls
+
+
+def test_all_compute_is_bit_identical_to_plain_euler():
+    sigmas = flow_sigmas(30)
+    n = len(sigmas) - 1
+    schedule = Schedule(sigmas, [True] * n, [0] * n, "meancache", budget=n)
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    plain, _ = sample_euler(curved_velocity, x, sigmas)
+    cached, stats = sample_euler(curved_velocity, x, sigmas, Stepper(schedule))
+    assert torch.equal(plain, cached)
+    assert stats.model_calls == n and stats.skipped == 0
+
+
+def test_model_calls_equal_budget_for_every_estimator():
+    sigmas = flow_sigmas(40)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    for estimator in ("meancache", "meancache2", "reuse"):
+        schedule = plan(sigmas, compute_steps=14, estimator=estimator)
+        velocity, calls = counting(curved_velocity)
+        out, stats = sample_euler(velocity, x, sigmas, Stepper(schedule))
+        assert len(calls) == 14 == stats.model_calls == schedule.model_calls
+        assert stats.skipped == 26 and not stats.fallbacks
+        assert [r.action for r in stats.records] == [Action.COMPUTE if c else Action.SKIP for c in schedule.compute]
+        assert torch.isfinite(out).all()
+
+
+def test_no_tensors_kept_after_finish():
+    sigmas = flow_sigmas(20)
+    schedule = plan(sigmas, compute_steps=8, estimator="meancache")
+    stepper = Stepper(schedule)
+    refs = []
+
+    def velocity(x, sigma):
+        v = curved_velocity(x, sigma)
+        refs.append(weakref.ref(v))
+        return v
+
+    x = torch.randn(1, 4, 8, 8)
+    out, stats = sample_euler(velocity, x, sigmas, stepper)
+    del out
+    gc.collect()
+    assert all(r() is None for r in refs)
+    assert not stepper._velocities and not stepper._computed
+    assert all(isinstance(r.sigma, float) for r in stats.records)
+
+
+def test_history_stays_bounded():
+    sigmas = flow_sigmas(50)
+    schedule = plan(sigmas, compute_steps=20, estimator="meancache")
+    stepper = Stepper(schedule)
+    peak = 0
+
+    def velocity(x, sigma):
+        nonlocal peak
+        peak = max(peak, len(stepper._velocities))
+        return curved_velocity(x, sigma)
+
+    sample_euler(velocity, torch.zeros(1, 2, 4, 4), sigmas, stepper)
+    assert peak <= schedule.max_lookback + 2
+
+
+def test_planned_skip_without_history_is_computed_with_a_reason():
+    sigmas = flow_sigmas(10)
+    compute = [True, True, False, False, True, False, False, False, False, True]
+    schedule = Schedule(sigmas, compute, [0, 0, 2, 1, 0, 1, 1, 1, 1, 0], "meancache", budget=4)
+    stepper = Stepper(schedule)
+    x = torch.zeros(1, 3)
+    assert stepper.decide(2, x) is Action.COMPUTE  # run joined at step 2: nothing to estimate from
+    stepper.record(2, torch.ones(1, 3))
+    assert stepper.decide(3, x) is Action.SKIP
+    stepper.estimate(3)
+    assert stepper.decide(4, torch.zeros(2, 3)) is Action.COMPUTE  # batch changed: history dropped
+    stats = stepper.finish()
+    assert stats.fallbacks[0].step == 2 and "no computed step" in stats.fallbacks[0].reason
+    assert "shape" in stats.records[-1].reason
+
+
+def test_summary_line():
+    sigmas = flow_sigmas(50)
+    schedule = plan(sigmas, compute_steps=20)
+    _, stats = sample_euler(curved_velocity, torch.zeros(1, 4), sigmas, Stepper(schedule))
+    assert stats.summary().startswith("50 steps -> 20 model calls (2.50x), 30 skipped, ")
+    computed = [r for r in stats.records if r.action is Action.COMPUTE]
+    assert all(r.wall_s is not None and r.wall_s >= 0 for r in computed)
