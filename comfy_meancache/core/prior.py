@@ -10,6 +10,8 @@ posterior mean
     var_s = s^2 + (1-s)^2 tau^2,
 
 and its velocity is ``v = (x_s - E[x0 | x_s]) / s`` (ComfyUI's flow convention).
+Grids that exceed sigma 1 belong to epsilon-prediction models
+(``x_s = x0 + s*eps``), where the same formulas hold with ``1-s`` replaced by 1.
 Trajectories bend where the posterior picks a component, as real ones do, so
 the costs reward computing where a real model's velocity turns. Every
 estimator and span is then costed by :func:`costs.trajectory_costs`, the very
@@ -38,9 +40,16 @@ class MixturePrior:
     seed: int = 0
 
 
-def mixture_velocity(x: torch.Tensor, sigma: float, means: torch.Tensor, spread: float) -> torch.Tensor:
-    """Exact flow velocity of the Gaussian mixture at ``x`` ([T, D]) and ``sigma`` > 0."""
-    keep = 1.0 - sigma
+def signal_scale(sigma: float, flow: bool) -> float:
+    """How much of ``x0`` remains in ``x_sigma``: ``1 - sigma`` for flow models, 1 otherwise."""
+    return 1.0 - sigma if flow else 1.0
+
+
+def mixture_velocity(
+    x: torch.Tensor, sigma: float, means: torch.Tensor, spread: float, flow: bool = True
+) -> torch.Tensor:
+    """Exact ODE velocity ``(x - E[x0 | x]) / sigma`` of the Gaussian mixture at ``x`` ([T, D]), ``sigma`` > 0."""
+    keep = signal_scale(sigma, flow)
     var = sigma**2 + keep**2 * spread**2
     offsets = x[:, None, :] - keep * means[None]  # [T, C, D]
     logits = -(offsets**2).sum(-1) / (2 * var)  # [T, C]
@@ -58,10 +67,11 @@ def mixture_trajectories(sigmas: Sequence[float], prior: MixturePrior) -> tuple[
     labels = torch.randint(prior.components, (prior.trajectories,), generator=gen)
     x0 = means[labels] + prior.spread * torch.randn(prior.trajectories, prior.dim, generator=gen, dtype=torch.float64)
     noise = torch.randn(prior.trajectories, prior.dim, generator=gen, dtype=torch.float64)
-    x = sigmas[0] * noise + (1 - sigmas[0]) * x0
+    flow = max(sigmas) <= 1.0
+    x = sigmas[0] * noise + signal_scale(sigmas[0], flow) * x0
     states, velocities = [x], []
     for i in range(len(sigmas) - 1):
-        v = mixture_velocity(x, max(sigmas[i], 1e-6), means, prior.spread)
+        v = mixture_velocity(x, max(sigmas[i], 1e-6), means, prior.spread, flow)
         x = x + (sigmas[i + 1] - sigmas[i]) * v
         velocities.append(v)
         states.append(x)

@@ -29,6 +29,7 @@ class PlannerSettings:
     max_gap: int = 8
     max_span: int = 6
     cost_source: str = "prior"
+    preset: str = "custom"
 
 
 @dataclass(frozen=True)
@@ -104,9 +105,9 @@ class Schedule:
     def remap(self, new_sigmas: Sequence[float]) -> Schedule:
         """This plan moved onto another sigma grid by sigma position, not by step index.
 
-        Each computed step lands on the new step nearest in sigma; the first and
-        last steps stay computed and the number of model calls is scaled to keep
-        the speedup (splitting the longest gaps, or merging the shortest ones).
+        Each computed step lands on the new step nearest in sigma; the warm-up
+        steps and the last step stay computed and the number of model calls is
+        scaled to keep the speedup (splitting the longest gaps, or merging the shortest ones).
         Spans follow the old plan's span at the nearest sigma. Predicted edge
         costs do not carry over.
         """
@@ -117,9 +118,10 @@ class Schedule:
         if n <= self.settings.warmup:
             note = f"{n} steps <= warm-up {self.settings.warmup}: every step computed"
             return _all_computed(self, sigmas, note)
-        target = min(n, max(min(2, n), round(self.model_calls * n / self.steps)))
-        nodes = {_nearest(sigmas[:-1], self.sigmas[i]) for i in self.computed_steps} | {0, n - 1}
-        nodes = _resize(sorted(nodes), target)
+        forced = set(range(max(self.settings.warmup, 1))) | {n - 1}
+        target = min(n, max(len(forced), round(self.model_calls * n / self.steps)))
+        nodes = {_nearest(sigmas[:-1], self.sigmas[i]) for i in self.computed_steps} | forced
+        nodes = _resize(sorted(nodes), target, forced)
         compute = [i in nodes for i in range(n)]
         old_span = self._span_by_step()
         span = [0 if c else old_span[_nearest(self.sigmas[:-1], sigmas[i])] for i, c in enumerate(compute)]
@@ -223,11 +225,11 @@ def _nearest(grid: Sequence[float], sigma: float) -> int:
     return min(range(len(grid)), key=lambda i: (abs(grid[i] - sigma), i))
 
 
-def _resize(nodes: list[int], target: int) -> set[int]:
-    """Add or drop interior nodes until there are ``target``, keeping gaps even."""
+def _resize(nodes: list[int], target: int, forced: set[int]) -> set[int]:
+    """Add or drop nodes (never ``forced`` ones) until there are ``target``, keeping gaps even."""
     nodes = list(nodes)
     while len(nodes) > target:
-        merged = [(nodes[k + 1] - nodes[k - 1], k) for k in range(1, len(nodes) - 1)]
+        merged = [(nodes[k + 1] - nodes[k - 1], k) for k in range(1, len(nodes) - 1) if nodes[k] not in forced]
         nodes.pop(min(merged)[1])
     while len(nodes) < target:
         widest = max(range(len(nodes) - 1), key=lambda k: (nodes[k + 1] - nodes[k], -k))

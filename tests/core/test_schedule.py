@@ -92,7 +92,7 @@ def test_remap_keeps_the_speedup_within_one_step(steps, ratio, new_steps, denois
     new_sigmas = flow_sigmas(new_steps, denoise=denoise)
     moved = schedule.remap(new_sigmas)
     assert moved.sigmas == tuple(new_sigmas)
-    assert moved.compute[0] and moved.compute[-1]
+    assert moved.compute[-1] and all(moved.compute[: schedule.settings.warmup])
     if new_steps > schedule.settings.warmup:
         assert abs(moved.model_calls - schedule.model_calls * new_steps / steps) <= 1
     else:

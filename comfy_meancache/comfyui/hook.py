@@ -1,0 +1,193 @@
+"""The model hook: runs a MeanCache schedule inside ComfyUI's sampler.
+
+Two wrappers, registered with ``ModelPatcher.add_wrapper_with_key``:
+
+* OUTER_SAMPLE, once per sampling call: reads the run's sigmas, remaps the
+  schedule when they differ from the planned grid, starts a fresh
+  :class:`RunState` and, in ``finally``, frees it and publishes the run's
+  statistics, so interrupts and errors leave nothing behind.
+* PREDICT_NOISE, once per sampler evaluation: the guided prediction, covering
+  cond and uncond however they are batched. It sees the CFG-combined denoised
+  ``x0``, so the velocity is ``v = (x - x0) / sigma`` and a skipped step returns
+  ``x - sigma * v_hat`` without calling the model.
+
+The step is found by matching sigma against the run's ``sample_sigmas``, never
+by counting calls; evaluations that are not a step's first (midpoints, Heun
+correctors, repeats) are computed normally and stay out of the history.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+
+from ..core.schedule import Schedule
+from ..core.stepper import Action, RunStats, Stepper, fingerprint
+from .sampler_policy import SamplerPolicy, sampler_policy
+
+log = logging.getLogger("comfy_meancache")
+
+WRAPPER_KEY = "meancache"
+HOLDER_KEY = "meancache"
+RUN_KEY = "meancache_run"
+SIGMA_RTOL = 1e-5
+KEPT_RUNS = 16
+
+
+class MeanCacheHolder:
+    """What MeanCache Apply attaches to a model: the schedule, options and finished runs.
+
+    It survives ``ModelPatcher.clone()`` deep copies by later nodes (LoRA
+    loaders, model-sampling patches) by being its own deep copy, so the stats
+    of every run reach the Report node.
+    """
+
+    def __init__(self, schedule: Schedule, label: str = "custom", debug: bool = False) -> None:
+        self.schedule = schedule
+        self.label = label
+        self.debug = debug
+        self.runs: deque[RunStats] = deque(maxlen=KEPT_RUNS)
+
+    def __deepcopy__(self, memo: dict) -> MeanCacheHolder:
+        return self
+
+    @property
+    def latest(self) -> RunStats | None:
+        return self.runs[-1] if self.runs else None
+
+
+class RunState:
+    """Per-sampling-call state: the stepper plus the evaluation-to-step bookkeeping."""
+
+    def __init__(self, holder: MeanCacheHolder, sigmas: list[float], policy: SamplerPolicy) -> None:
+        schedule, notes = _schedule_for(holder.schedule, sigmas)
+        if not policy.cached:
+            schedule = Schedule(
+                sigmas,
+                [True] * schedule.steps,
+                [0] * schedule.steps,
+                schedule.estimator,
+                schedule.steps,
+                schedule.settings,
+                notes=schedule.notes,
+            )
+            notes.append(f"ran uncached: {policy.reason}")
+        self.sigmas = sigmas
+        self.policy = policy
+        self.stepper = Stepper(schedule, debug=holder.debug)
+        self.stepper.stats.notes.extend(notes)
+        self.last_step = -1
+        self.extra_evaluations = 0
+        self._correctors_seen: set[int] = set()
+
+    def first_evaluation_step(self, sigma: float) -> int | None:
+        """The step whose first evaluation this is, or None for any other evaluation."""
+        step = _match(self.sigmas, sigma)
+        if step is None or step <= self.last_step or self.sigmas[step] == 0.0:
+            self.extra_evaluations += 1
+            return None
+        if self.policy.corrector_first and step >= 1 and step not in self._correctors_seen:
+            self._correctors_seen.add(step)
+            self.extra_evaluations += 1
+            return None
+        self.last_step = step
+        return step
+
+    def finish(self) -> RunStats:
+        stats = self.stepper.finish()
+        if self.extra_evaluations:
+            stats.notes.append(f"{self.extra_evaluations} extra sampler evaluations computed ({self.policy.name})")
+        return stats
+
+
+def _match(sigmas: list[float], sigma: float) -> int | None:
+    """Index of the step whose sigma equals ``sigma`` (relative tolerance), if any."""
+    best = min(range(len(sigmas) - 1), key=lambda i: abs(sigmas[i] - sigma), default=None)
+    if best is None or abs(sigmas[best] - sigma) > SIGMA_RTOL * max(abs(sigma), 1e-3):
+        return None
+    return best
+
+
+def _same_grid(a: tuple[float, ...], b: list[float]) -> bool:
+    return len(a) == len(b) and all(abs(x - y) <= SIGMA_RTOL * max(abs(y), 1e-3) for x, y in zip(a, b))
+
+
+def _schedule_for(schedule: Schedule, sigmas: list[float]) -> tuple[Schedule, list[str]]:
+    """The schedule on this run's sigmas: as planned, or remapped by sigma with a note."""
+    if _same_grid(schedule.sigmas, sigmas):
+        return schedule, []
+    remapped = schedule.remap(sigmas)
+    return remapped, [remapped.notes[-1]]
+
+
+def outer_sample_wrapper(executor, *args, **kwargs):
+    """Fresh run state for each sampling call; freed and reported in ``finally``."""
+    guider = executor.class_obj
+    original_options = guider.model_options
+    holder: MeanCacheHolder = original_options["transformer_options"][HOLDER_KEY]
+    sampler, sigmas = args[2], args[3]
+    run = output = None
+    try:
+        guider.model_options = _clone_options(original_options)
+        run = RunState(holder, [float(s) for s in sigmas.tolist()], sampler_policy(sampler))
+        guider.model_options["transformer_options"][RUN_KEY] = run
+        for note in run.stepper.stats.notes:
+            log.info("[MeanCache] %s", note)
+        output = executor(*args, **kwargs)
+        return output
+    finally:
+        guider.model_options = original_options
+        if run is not None:
+            stats = run.finish()
+            if output is not None:
+                stats.output_fingerprint = fingerprint(output)
+            else:
+                stats.notes.append("the run stopped early (interrupted or failed)")
+            holder.runs.append(stats)
+            _log_run(holder, stats)
+
+
+def predict_noise_wrapper(executor, *args, **kwargs):
+    """Compute or skip this evaluation as the schedule says."""
+    x, timestep, model_options = args[0], args[1], args[2]
+    run: RunState | None = model_options.get("transformer_options", {}).get(RUN_KEY)
+    if run is None:
+        return executor(*args, **kwargs)
+    step = run.first_evaluation_step(float(timestep.flatten()[0]))
+    if step is None:
+        return executor(*args, **kwargs)
+    sigma = run.sigmas[step]
+    if run.stepper.decide(step, x) is Action.COMPUTE:
+        denoised = executor(*args, **kwargs)
+        run.stepper.record(step, (x - denoised) / sigma)
+        return denoised
+    return x - sigma * run.stepper.estimate(step)
+
+
+def _clone_options(model_options: dict) -> dict:
+    import comfy.model_patcher
+
+    return comfy.model_patcher.create_model_options_clone(model_options)
+
+
+def _log_run(holder: MeanCacheHolder, stats: RunStats) -> None:
+    log.info("[MeanCache] %s: %s", holder.label, stats.summary())
+    for record in stats.fallbacks:
+        log.info("[MeanCache] step %d computed although planned to skip: %s", record.step, record.reason)
+    if holder.debug:
+        for record in stats.records:
+            log.info(
+                "[MeanCache] step %d sigma %.4f: %s (K=%d)", record.step, record.sigma, record.action.value, record.span
+            )
+
+
+def attach(model, schedule: Schedule, label: str, debug: bool = False):
+    """A clone of ``model`` (a ModelPatcher) that samples with ``schedule``; returns (clone, holder)."""
+    import comfy.patcher_extension
+
+    patched = model.clone()
+    holder = MeanCacheHolder(schedule, label, debug)
+    patched.model_options.setdefault("transformer_options", {})[HOLDER_KEY] = holder
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample_wrapper)
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, WRAPPER_KEY, predict_noise_wrapper)
+    return patched, holder

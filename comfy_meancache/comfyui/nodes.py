@@ -1,0 +1,278 @@
+"""The V3 nodes: MeanCache Planner -> MeanCache Apply -> MeanCache Report.
+
+Node ids and the order of widget inputs are permanent: saved workflows refer
+to them by id and store widget values by position. Append, never reorder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from comfy_api.latest import ComfyExtension, io, ui
+
+from ..core.chart import plan_chart, run_chart, summary_text
+from ..core.estimators import DEFAULT_ESTIMATOR, ESTIMATORS
+from ..core.planner import plan
+from ..core.presets import CUSTOM, DEFAULT_PRESET, PRESET_NAMES, PRESETS
+from ..core.schedule import PlannerSettings, Schedule
+from ..core.stepper import RunStats
+from .hook import MeanCacheHolder, attach
+
+CATEGORY = "sampling/meancache"
+ScheduleType = io.Custom("MEANCACHE_SCHEDULE")
+StatsType = io.Custom("MEANCACHE_STATS")
+COST_SOURCES = ("prior",)
+_DEFAULTS = PlannerSettings()
+
+
+class MeanCachePlanner(io.ComfyNode):
+    """Plans which steps call the model (PSSP) for the sigmas the sampler will use."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        import comfy.samplers
+
+        return io.Schema(
+            node_id="MeanCachePlanner",
+            display_name="MeanCache Planner",
+            category=CATEGORY,
+            description="Plans which sampling steps call the model and which are estimated from the cached "
+            "velocity history (MeanCache). Connect the schedule to MeanCache Apply.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model you will sample; its model sampling gives the sigmas."),
+                io.Combo.Input(
+                    "preset",
+                    options=list(PRESET_NAMES),
+                    default=DEFAULT_PRESET,
+                    tooltip="Target speedup: quality 2x, balanced 2.5x, speed 3.3x, turbo 4x model-call speedup. "
+                    "custom uses the settings below.",
+                ),
+                io.Int.Input("steps", default=40, min=1, max=10000, tooltip="Same steps as your KSampler."),
+                io.Combo.Input(
+                    "scheduler",
+                    options=list(comfy.samplers.SCHEDULER_NAMES),
+                    default="simple",
+                    tooltip="Same scheduler as your KSampler.",
+                ),
+                io.Float.Input(
+                    "denoise", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="Same denoise as your KSampler."
+                ),
+                io.Int.Input(
+                    "compute_steps",
+                    default=0,
+                    min=0,
+                    max=10000,
+                    tooltip="custom: model calls to spend; 0 = use the speedup below.",
+                ),
+                io.Float.Input(
+                    "speedup", default=2.5, min=1.0, max=20.0, step=0.05, tooltip="custom: target model-call speedup."
+                ),
+                io.Float.Input(
+                    "gamma",
+                    default=_DEFAULTS.gamma,
+                    min=0.1,
+                    max=8.0,
+                    step=0.1,
+                    tooltip="custom: peak suppression. Higher spreads the error over many small skips instead of "
+                    "one large one.",
+                ),
+                io.Int.Input(
+                    "warmup",
+                    default=_DEFAULTS.warmup,
+                    min=0,
+                    max=1000,
+                    tooltip="custom: leading steps always computed.",
+                ),
+                io.Int.Input(
+                    "max_gap",
+                    default=_DEFAULTS.max_gap,
+                    min=1,
+                    max=1000,
+                    tooltip="custom: the most steps between two model calls.",
+                ),
+                io.Combo.Input(
+                    "estimator",
+                    options=list(ESTIMATORS),
+                    default=DEFAULT_ESTIMATOR,
+                    tooltip="custom: how skipped steps get their velocity. meancache2: JVP between the last two "
+                    "computed steps; meancache: the official update; reuse: the last computed velocity.",
+                ),
+                io.Combo.Input(
+                    "cost_source",
+                    options=list(COST_SOURCES),
+                    default="prior",
+                    tooltip="Where edge costs come from. prior: built in, no calibration needed.",
+                ),
+                io.Sigmas.Input(
+                    "sigmas",
+                    optional=True,
+                    tooltip="Optional: plan exactly these sigmas (SamplerCustomAdvanced); overrides steps, scheduler "
+                    "and denoise.",
+                ),
+            ],
+            outputs=[
+                ScheduleType.Output(display_name="schedule", tooltip="Connect to MeanCache Apply and Report."),
+                io.Image.Output(display_name="plan_chart", tooltip="The plan as a step chart."),
+                io.String.Output(display_name="summary", tooltip="One-line summary of the plan."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        model,
+        preset: str,
+        steps: int,
+        scheduler: str,
+        denoise: float,
+        compute_steps: int,
+        speedup: float,
+        gamma: float,
+        warmup: int,
+        max_gap: int,
+        estimator: str,
+        cost_source: str,
+        sigmas: torch.Tensor | None = None,
+    ) -> io.NodeOutput:
+        grid = _planning_sigmas(model, steps, scheduler, denoise, sigmas)
+        if preset in PRESETS:
+            chosen = PRESETS[preset]
+            settings, budget = replace(chosen.settings, preset=preset), dict(speedup=chosen.speedup)
+            estimator = chosen.estimator
+        elif preset == CUSTOM:
+            settings = replace(_DEFAULTS, gamma=gamma, warmup=warmup, max_gap=max_gap, preset=CUSTOM)
+            budget = dict(compute_steps=compute_steps) if compute_steps > 0 else dict(speedup=speedup)
+        else:
+            raise ValueError(f"preset: unknown preset {preset!r}; choose one of {', '.join(PRESET_NAMES)}")
+        if cost_source not in COST_SOURCES:
+            raise ValueError(f"cost_source: unknown cost source {cost_source!r}")
+        try:
+            schedule = plan(grid, estimator=estimator, settings=settings, **budget)
+        except ValueError as exc:
+            raise ValueError(f"MeanCache Planner: {exc}") from exc
+        chart = plan_chart(schedule)
+        _show_text(cls, schedule.summary())
+        return io.NodeOutput(schedule, chart, schedule.summary(), ui=_preview(chart, cls))
+
+
+class MeanCacheApply(io.ComfyNode):
+    """Patches a model so sampling follows a MeanCache schedule."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MeanCacheApply",
+            display_name="MeanCache Apply",
+            category=CATEGORY,
+            description="Samples with the planned schedule: skipped steps do not call the model; their velocity is "
+            "estimated from the cached history.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model to speed up (it is cloned, never changed)."),
+                ScheduleType.Input("schedule", tooltip="From MeanCache Planner."),
+                io.Boolean.Input("debug", default=False, tooltip="Log every step's decision."),
+            ],
+            outputs=[
+                io.Model.Output(display_name="model", tooltip="The patched model: connect to your sampler."),
+                StatsType.Output(display_name="stats", tooltip="What really ran: connect to MeanCache Report."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, schedule: Schedule, debug: bool = False) -> io.NodeOutput:
+        if not isinstance(schedule, Schedule):
+            raise ValueError(f"schedule: expected a MeanCache schedule, got {type(schedule).__name__}")
+        patched, holder = attach(model, schedule, schedule.settings.preset, debug)
+        return io.NodeOutput(patched, holder)
+
+
+class MeanCacheReport(io.ComfyNode):
+    """Renders the plan and what really happened as a step chart."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MeanCacheReport",
+            display_name="MeanCache Report",
+            category=CATEGORY,
+            description="Step chart of the plan and of the last sampling run: computed, skipped and fallback steps, "
+            "spans, sigmas, predicted costs and step times.",
+            inputs=[
+                ScheduleType.Input("schedule", tooltip="From MeanCache Planner."),
+                StatsType.Input("stats", tooltip="From MeanCache Apply."),
+                io.Latent.Input("latent", tooltip="The sampler's output latent, so the report runs after sampling."),
+                io.Image.Input(
+                    "images", optional=True, tooltip="Optional decoded images (also orders it after sampling)."
+                ),
+            ],
+            outputs=[
+                io.Image.Output(display_name="chart", tooltip="The step chart."),
+                io.String.Output(display_name="summary", tooltip="Text summary of plan and run."),
+            ],
+            is_output_node=True,
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, schedule: Schedule, stats: MeanCacheHolder, latent: dict, images=None) -> io.NodeOutput:
+        if not isinstance(stats, MeanCacheHolder):
+            raise ValueError(f"stats: expected MeanCache stats from MeanCache Apply, got {type(stats).__name__}")
+        run = _run_for(stats, latent)
+        shown = run.schedule if run is not None else schedule
+        chart = run_chart(shown, run)
+        text = summary_text(shown, run)
+        if run is None:
+            text = "No sampling run has used this MeanCache Apply yet.\n" + text
+        _show_text(cls, text)
+        return io.NodeOutput(chart, text, ui=_preview(chart, cls))
+
+
+def _planning_sigmas(model, steps: int, scheduler: str, denoise: float, sigmas: torch.Tensor | None) -> list[float]:
+    """The sigmas KSampler would use (its ``set_steps`` rule), or the given SIGMAS."""
+    if sigmas is not None:
+        grid = [float(s) for s in sigmas.flatten().tolist()]
+        if len(grid) < 2:
+            raise ValueError("sigmas: need at least 2 sigmas to plan")
+        return grid
+    if denoise <= 0.0:
+        raise ValueError("denoise: must be > 0 to sample anything")
+    import comfy.samplers
+
+    model_sampling = model.get_model_object("model_sampling")
+    total = steps if denoise > 0.9999 else int(steps / denoise)
+    grid = comfy.samplers.calculate_sigmas(model_sampling, scheduler, total)
+    return [float(s) for s in grid[-(steps + 1) :].tolist()]
+
+
+def _run_for(holder: MeanCacheHolder, latent: dict) -> RunStats | None:
+    """The run whose output is ``latent`` (newest first), else the newest run."""
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    for run in reversed(holder.runs):
+        if run.output_fingerprint is not None and samples is not None and run.matches(samples):
+            return run
+    return holder.latest
+
+
+def _preview(image: torch.Tensor, cls) -> dict:
+    return ui.PreviewImage(image, cls=cls).as_dict()
+
+
+def _show_text(cls, text: str) -> None:
+    """Show ``text`` on the node (no JS needed); skipped outside a running server."""
+    unique_id = getattr(cls.hidden, "unique_id", None) if cls.hidden is not None else None
+    if unique_id is None:
+        return
+    from server import PromptServer
+
+    if PromptServer.instance is not None:
+        PromptServer.instance.send_progress_text(text, unique_id)
+
+
+class MeanCacheExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [MeanCachePlanner, MeanCacheApply, MeanCacheReport]
+
+
+async def comfy_entrypoint() -> MeanCacheExtension:
+    return MeanCacheExtension()
