@@ -21,8 +21,11 @@ from __future__ import annotations
 import logging
 from collections import deque
 
+from ..core.estimators import DEFAULT_ESTIMATOR
+from ..core.profile import TrajectoryRecorder
 from ..core.schedule import Schedule
 from ..core.stepper import Action, RunStats, Stepper, fingerprint
+from .calibration import Calibration
 from .sampler_policy import SamplerPolicy, sampler_policy
 
 log = logging.getLogger("comfy_meancache")
@@ -35,17 +38,25 @@ KEPT_RUNS = 16
 
 
 class MeanCacheHolder:
-    """What MeanCache Apply attaches to a model: the schedule, options and finished runs.
+    """What MeanCache Apply (or Calibrate) attaches to a model: plan, options and finished runs.
 
     It survives ``ModelPatcher.clone()`` deep copies by later nodes (LoRA
     loaders, model-sampling patches) by being its own deep copy, so the stats
-    of every run reach the Report node.
+    of every run reach the Report node. Without a schedule every step is
+    computed; with a ``calibration`` each completed run is added to a profile.
     """
 
-    def __init__(self, schedule: Schedule, label: str = "custom", debug: bool = False) -> None:
+    def __init__(
+        self,
+        schedule: Schedule | None,
+        label: str = "custom",
+        debug: bool = False,
+        calibration: Calibration | None = None,
+    ) -> None:
         self.schedule = schedule
         self.label = label
         self.debug = debug
+        self.calibration = calibration
         self.runs: deque[RunStats] = deque(maxlen=KEPT_RUNS)
 
     def __deepcopy__(self, memo: dict) -> MeanCacheHolder:
@@ -60,18 +71,19 @@ class RunState:
     """Per-sampling-call state: the stepper plus the evaluation-to-step bookkeeping."""
 
     def __init__(self, holder: MeanCacheHolder, sigmas: list[float], policy: SamplerPolicy) -> None:
-        schedule, notes = _schedule_for(holder.schedule, sigmas)
-        if not policy.cached:
-            schedule = Schedule(
-                sigmas,
-                [True] * schedule.steps,
-                [0] * schedule.steps,
-                schedule.estimator,
-                schedule.steps,
-                schedule.settings,
-                notes=schedule.notes,
-            )
+        if holder.schedule is None:
+            schedule, notes = _every_step(sigmas, DEFAULT_ESTIMATOR), []
+        else:
+            schedule, notes = _schedule_for(holder.schedule, sigmas)
+        if not policy.cached and schedule.model_calls < schedule.steps:
+            schedule = _every_step(sigmas, schedule.estimator)
             notes.append(f"ran uncached: {policy.reason}")
+        self.recorder = None
+        if holder.calibration is not None:
+            if policy.cached:
+                self.recorder = TrajectoryRecorder()
+            else:
+                notes.append(f"not recorded for calibration: {policy.reason}")
         self.sigmas = sigmas
         self.policy = policy
         self.stepper = Stepper(schedule, debug=holder.debug)
@@ -98,6 +110,11 @@ class RunState:
         if self.extra_evaluations:
             stats.notes.append(f"{self.extra_evaluations} extra sampler evaluations computed ({self.policy.name})")
         return stats
+
+
+def _every_step(sigmas: list[float], estimator: str) -> Schedule:
+    n = len(sigmas) - 1
+    return Schedule(sigmas, [True] * n, [0] * n, estimator, n)
 
 
 def _match(sigmas: list[float], sigma: float) -> int | None:
@@ -143,6 +160,8 @@ def outer_sample_wrapper(executor, *args, **kwargs):
                 stats.output_fingerprint = fingerprint(output)
             else:
                 stats.notes.append("the run stopped early (interrupted or failed)")
+            if output is not None and run.recorder is not None:
+                _calibrate(holder.calibration, run, stats, guider)
             holder.runs.append(stats)
             _log_run(holder, stats)
 
@@ -159,9 +178,35 @@ def predict_noise_wrapper(executor, *args, **kwargs):
     sigma = run.sigmas[step]
     if run.stepper.decide(step, x) is Action.COMPUTE:
         denoised = executor(*args, **kwargs)
-        run.stepper.record(step, (x - denoised) / sigma)
+        velocity = (x - denoised) / sigma
+        run.stepper.record(step, velocity)
+        if run.recorder is not None:
+            run.recorder.observe(step, x, velocity)
         return denoised
     return x - sigma * run.stepper.estimate(step)
+
+
+def _calibrate(calibration: Calibration, run: RunState, stats: RunStats, guider) -> None:
+    """Add the finished run to the profile; a failure is logged, never raised after sampling."""
+    try:
+        trajectory = run.recorder.trajectory(run.sigmas)
+        runs = calibration.add(trajectory, _run_metadata(guider, run))
+    except (OSError, ValueError) as exc:
+        stats.notes.append(f"calibration run not saved: {exc}")
+        log.warning("[MeanCache] calibration run not saved: %s", exc)
+        return
+    stats.notes.append(f"profile {calibration.name!r} now holds {runs} calibration runs")
+
+
+def _run_metadata(guider, run: RunState) -> dict:
+    model_sampling = guider.model_patcher.get_model_object("model_sampling")
+    return {
+        "model": type(guider.model_patcher.model).__name__,
+        "shift": float(getattr(model_sampling, "shift", float("nan"))),
+        "sampler": run.policy.name,
+        "steps": len(run.sigmas) - 1,
+        "cfg": float(getattr(guider, "cfg", float("nan"))),
+    }
 
 
 def _clone_options(model_options: dict) -> dict:
@@ -181,13 +226,12 @@ def _log_run(holder: MeanCacheHolder, stats: RunStats) -> None:
             )
 
 
-def attach(model, schedule: Schedule, label: str, debug: bool = False):
-    """A clone of ``model`` (a ModelPatcher) that samples with ``schedule``; returns (clone, holder)."""
+def attach(model, holder: MeanCacheHolder):
+    """A clone of ``model`` (a ModelPatcher) that samples under ``holder``."""
     import comfy.patcher_extension
 
     patched = model.clone()
-    holder = MeanCacheHolder(schedule, label, debug)
     patched.model_options.setdefault("transformer_options", {})[HOLDER_KEY] = holder
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample_wrapper)
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, WRAPPER_KEY, predict_noise_wrapper)
-    return patched, holder
+    return patched

@@ -11,18 +11,21 @@ from dataclasses import replace
 import torch
 from comfy_api.latest import ComfyExtension, io, ui
 
-from ..core.chart import plan_chart, run_chart, summary_text
+from ..core.chart import cost_heatmap, plan_chart, run_chart, summary_text
 from ..core.estimators import DEFAULT_ESTIMATOR, ESTIMATORS
-from ..core.planner import plan
+from ..core.official import official_plan
+from ..core.planner import fewest_calls, plan
 from ..core.presets import CUSTOM, DEFAULT_PRESET, PRESET_NAMES, PRESETS
 from ..core.schedule import PlannerSettings, Schedule
 from ..core.stepper import RunStats
+from .calibration import Calibration, load_profile, saved_profiles
 from .hook import MeanCacheHolder, attach
 
 CATEGORY = "sampling/meancache"
 ScheduleType = io.Custom("MEANCACHE_SCHEDULE")
 StatsType = io.Custom("MEANCACHE_STATS")
-COST_SOURCES = ("prior",)
+PRIOR, OFFICIAL = "prior", "official-zimage-50"
+BUILT_IN_SOURCES = (PRIOR, OFFICIAL)
 _DEFAULTS = PlannerSettings()
 
 
@@ -100,9 +103,11 @@ class MeanCachePlanner(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "cost_source",
-                    options=list(COST_SOURCES),
-                    default="prior",
-                    tooltip="Where edge costs come from. prior: built in, no calibration needed.",
+                    options=[*BUILT_IN_SOURCES, *saved_profiles()],
+                    default=PRIOR,
+                    tooltip="Where edge costs come from. prior: built in, no calibration. official-zimage-50: "
+                    "the published Z-Image lists (made on diffusers' shift-6 grid), moved onto your sigmas. "
+                    "Other entries: profiles saved by MeanCache Calibrate (best for your model).",
                 ),
                 io.Sigmas.Input(
                     "sigmas",
@@ -146,10 +151,8 @@ class MeanCachePlanner(io.ComfyNode):
             budget = dict(compute_steps=compute_steps) if compute_steps > 0 else dict(speedup=speedup)
         else:
             raise ValueError(f"preset: unknown preset {preset!r}; choose one of {', '.join(PRESET_NAMES)}")
-        if cost_source not in COST_SOURCES:
-            raise ValueError(f"cost_source: unknown cost source {cost_source!r}")
         try:
-            schedule = plan(grid, estimator=estimator, settings=settings, **budget)
+            schedule = _plan_from_source(grid, cost_source, estimator, settings, budget)
         except ValueError as exc:
             raise ValueError(f"MeanCache Planner: {exc}") from exc
         chart = plan_chart(schedule)
@@ -183,8 +186,44 @@ class MeanCacheApply(io.ComfyNode):
     def execute(cls, model, schedule: Schedule, debug: bool = False) -> io.NodeOutput:
         if not isinstance(schedule, Schedule):
             raise ValueError(f"schedule: expected a MeanCache schedule, got {type(schedule).__name__}")
-        patched, holder = attach(model, schedule, schedule.settings.preset, debug)
-        return io.NodeOutput(patched, holder)
+        holder = MeanCacheHolder(schedule, schedule.settings.preset, debug)
+        return io.NodeOutput(attach(model, holder), holder)
+
+
+class MeanCacheCalibrate(io.ComfyNode):
+    """Records full-step runs of this model into a named profile the Planner can plan from."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MeanCacheCalibrate",
+            display_name="MeanCache Calibrate",
+            category=CATEGORY,
+            description="Samples every step and adds each run to a calibration profile (user/meancache/<name>). "
+            "Run a few prompts and seeds with the sampler settings you use, then pick the profile as the "
+            "Planner's cost source.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model (with its LoRAs) to calibrate; it is cloned."),
+                io.String.Input(
+                    "profile_name",
+                    default="zimage",
+                    tooltip="Profile to create or add to: letters, digits, '_', '-', '.'. More runs average in.",
+                ),
+            ],
+            outputs=[
+                io.Model.Output(display_name="model", tooltip="Sample with this model to record a run."),
+                StatsType.Output(display_name="stats", tooltip="Connect to MeanCache Report to see the profile."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, profile_name: str) -> io.NodeOutput:
+        try:
+            calibration = Calibration(profile_name.strip())
+        except ValueError as exc:
+            raise ValueError(f"profile_name: {exc}") from exc
+        holder = MeanCacheHolder(None, f"calibrate {calibration.name}", calibration=calibration)
+        return io.NodeOutput(attach(model, holder), holder)
 
 
 class MeanCacheReport(io.ComfyNode):
@@ -199,11 +238,13 @@ class MeanCacheReport(io.ComfyNode):
             description="Step chart of the plan and of the last sampling run: computed, skipped and fallback steps, "
             "spans, sigmas, predicted costs and step times.",
             inputs=[
-                ScheduleType.Input("schedule", tooltip="From MeanCache Planner."),
-                StatsType.Input("stats", tooltip="From MeanCache Apply."),
+                StatsType.Input("stats", tooltip="From MeanCache Apply (or Calibrate)."),
                 io.Latent.Input("latent", tooltip="The sampler's output latent, so the report runs after sampling."),
                 io.Image.Input(
                     "images", optional=True, tooltip="Optional decoded images (also orders it after sampling)."
+                ),
+                ScheduleType.Input(
+                    "schedule", optional=True, tooltip="Optional: the plan, shown before any run has used it."
                 ),
             ],
             outputs=[
@@ -215,17 +256,55 @@ class MeanCacheReport(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, schedule: Schedule, stats: MeanCacheHolder, latent: dict, images=None) -> io.NodeOutput:
+    def execute(cls, stats: MeanCacheHolder, latent: dict, images=None, schedule: Schedule | None = None):
         if not isinstance(stats, MeanCacheHolder):
             raise ValueError(f"stats: expected MeanCache stats from MeanCache Apply, got {type(stats).__name__}")
         run = _run_for(stats, latent)
-        shown = run.schedule if run is not None else schedule
-        chart = run_chart(shown, run)
-        text = summary_text(shown, run)
-        if run is None:
-            text = "No sampling run has used this MeanCache Apply yet.\n" + text
+        if stats.calibration is not None:
+            chart, text = _calibration_report(stats, run)
+        else:
+            shown = run.schedule if run is not None else schedule or stats.schedule
+            chart, text = run_chart(shown, run), summary_text(shown, run)
+            if run is None:
+                text = "No sampling run has used this MeanCache Apply yet.\n" + text
         _show_text(cls, text)
         return io.NodeOutput(chart, text, ui=_preview(chart, cls))
+
+
+def _plan_from_source(grid: list[float], source: str, estimator: str, settings: PlannerSettings, budget: dict):
+    """Plan ``grid`` from the chosen cost source: the prior, the official lists or a saved profile."""
+    if source == OFFICIAL:
+        n = len(grid) - 1
+        calls = budget.get("compute_steps") or max(fewest_calls(n, settings), round(n / budget["speedup"]))
+        return official_plan(grid, calls)
+    costs = None
+    if source != PRIOR:
+        if source not in saved_profiles():
+            raise ValueError(
+                f"cost_source: no profile named {source!r} (saved: {', '.join(saved_profiles()) or 'none'})"
+            )
+        costs = load_profile(source).costs(grid, estimator, settings.max_span, settings.max_gap)
+    return plan(grid, estimator=estimator, settings=settings, costs=costs, **budget)
+
+
+def _calibration_report(holder: MeanCacheHolder, run: RunStats | None) -> tuple[torch.Tensor, str]:
+    """Heat map of the profile's edge costs on the last run's sigmas, and what the profile holds."""
+    name = holder.calibration.name
+    try:
+        profile = load_profile(name)
+    except ValueError as exc:
+        text = f"Calibration profile {name!r}: nothing recorded yet ({exc})"
+        return run_chart(run.schedule, run) if run else plan_chart(_placeholder()), text
+    sigmas = list(profile.runs[-1].sigmas)
+    costs = profile.costs(sigmas, DEFAULT_ESTIMATOR)
+    title = f"Profile {name}: {len(profile.runs)} runs, {len(sigmas) - 1} steps ({DEFAULT_ESTIMATOR} costs)"
+    meta = ", ".join(f"{k} {v}" for k, v in profile.metadata.items() if k not in ("per_run",))
+    notes = "\n".join(run.notes) if run else ""
+    return cost_heatmap(costs, _DEFAULTS.max_span, title), f"{title}\n{meta}\n{notes}".strip()
+
+
+def _placeholder() -> Schedule:
+    return Schedule([1.0, 0.0], [True], [0], DEFAULT_ESTIMATOR, 1)
 
 
 def _planning_sigmas(model, steps: int, scheduler: str, denoise: float, sigmas: torch.Tensor | None) -> list[float]:
@@ -271,7 +350,7 @@ def _show_text(cls, text: str) -> None:
 
 class MeanCacheExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [MeanCachePlanner, MeanCacheApply, MeanCacheReport]
+        return [MeanCachePlanner, MeanCacheApply, MeanCacheReport, MeanCacheCalibrate]
 
 
 async def comfy_entrypoint() -> MeanCacheExtension:

@@ -30,6 +30,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator, NullLocator
 
+from .costs import EdgeCosts
 from .schedule import Schedule
 from .stepper import Action, RunStats, StepRecord
 
@@ -65,8 +66,40 @@ def plan_chart(schedule: Schedule) -> torch.Tensor:
 def run_chart(schedule: Schedule, stats: RunStats | None) -> torch.Tensor:
     """Plan and run side by side as a ``[1, H, W, 3]`` float32 image; ``stats=None`` is the plan chart."""
     fig = Figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI, facecolor="white")
-    canvas = FigureCanvasAgg(fig)
     _draw(fig, schedule, stats)
+    return _to_image(fig)
+
+
+def cost_heatmap(costs: EdgeCosts, max_span: int, title: str) -> torch.Tensor:
+    """Edge costs ``C[i, j]`` (best span, log colour scale) as an image: where skipping is cheap."""
+    table = costs.table if costs.pair_state else costs.table[:max_span]
+    best = np.where(np.isfinite(table), table, np.nan)
+    with np.errstate(all="ignore"):
+        best = np.nanmin(best, axis=0) if np.isfinite(best).any() else np.full(table.shape[1:], np.nan)
+    best[best <= 0] = np.nan  # chains cost nothing and are always allowed
+    fig = Figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI, facecolor="white")
+    ax = fig.add_axes((0.08, 0.1, 0.7, 0.78))
+    shown = np.log10(best)
+    mesh = ax.imshow(shown.T, origin="lower", cmap="viridis", aspect="auto", interpolation="nearest")
+    ax.set_xlabel("edge start i (model call)", fontsize=10)
+    ax.set_ylabel("edge end j (next model call)", fontsize=10)
+    ax.tick_params(labelsize=9)
+    bar = fig.colorbar(mesh, ax=ax, fraction=0.05, pad=0.02)
+    bar.set_label("log10 predicted state deviation", fontsize=9)
+    fig.text(0.08, 0.93, title, fontsize=13, fontweight="bold", color=TEXT)
+    fig.text(
+        0.80,
+        0.5,
+        "Dark cells: skipping from i to j\nis cheap. The planner picks\nthe path with the lowest\nsum of cost^gamma.",
+        fontsize=10,
+        color=TEXT,
+        va="center",
+    )
+    return _to_image(fig)
+
+
+def _to_image(fig: Figure) -> torch.Tensor:
+    canvas = FigureCanvasAgg(fig)
     canvas.draw()
     rgba = np.asarray(canvas.buffer_rgba())
     image = rgba[..., :3].astype(np.float32) / 255.0

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from comfy_meancache.comfyui.hook import HOLDER_KEY, RUN_KEY, MeanCacheHolder
-from comfy_meancache.comfyui.nodes import MeanCacheApply, MeanCachePlanner, MeanCacheReport
+from comfy_meancache.comfyui.nodes import MeanCacheApply, MeanCacheCalibrate, MeanCachePlanner, MeanCacheReport
 from comfy_meancache.core.planner import plan
 from comfy_meancache.core.schedule import Schedule
 from comfy_meancache.core.sigmas import flow_sigmas
@@ -237,6 +237,7 @@ def test_schemas_and_object_info():
         (MeanCachePlanner, "MeanCachePlanner", ["MEANCACHE_SCHEDULE", "IMAGE", "STRING"]),
         (MeanCacheApply, "MeanCacheApply", ["MODEL", "MEANCACHE_STATS"]),
         (MeanCacheReport, "MeanCacheReport", ["IMAGE", "STRING"]),
+        (MeanCacheCalibrate, "MeanCacheCalibrate", ["MODEL", "MEANCACHE_STATS"]),
     ]:
         schema = node.GET_SCHEMA()
         assert schema.node_id == node_id and schema.display_name.startswith("MeanCache ")
@@ -261,6 +262,6 @@ def test_planner_rejects_bad_input_with_the_input_name(zimage):
 def test_pack_loads_through_comfyuis_loader():
     result = harness.load_custom_node_pack(PROJECT_ROOT, as_name="comfy-meancache")
     result.assert_ok()
-    assert set(result.nodes) == {"MeanCachePlanner", "MeanCacheApply", "MeanCacheReport"}
+    assert set(result.nodes) == {"MeanCachePlanner", "MeanCacheApply", "MeanCacheReport", "MeanCacheCalibrate"}
     assert result.display_names["MeanCachePlanner"] == "MeanCache Planner"
     assert not any(isinstance(v, MeanCacheHolder) for v in result.nodes.values())

@@ -180,3 +180,13 @@ def _is_module(name):
         return importlib.util.find_spec(name) is not None
     except ModuleNotFoundError:
         return False
+
+
+def test_cost_heatmap_is_a_fixed_size_image():
+    from comfy_meancache.core.chart import cost_heatmap
+    from comfy_meancache.core.prior import prior_costs
+
+    for estimator in ("meancache", "meancache2"):
+        image = cost_heatmap(prior_costs(flow_sigmas(20), estimator), 6, "test")
+        assert image.shape == (1, HEIGHT_PX, WIDTH_PX, 3) and image.dtype == torch.float32
+        assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0 and float(image.std()) > 0.05

@@ -94,7 +94,8 @@ def test_remap_keeps_the_speedup_within_one_step(steps, ratio, new_steps, denois
     assert moved.sigmas == tuple(new_sigmas)
     assert moved.compute[-1] and all(moved.compute[: schedule.settings.warmup])
     if new_steps > schedule.settings.warmup:
-        assert abs(moved.model_calls - schedule.model_calls * new_steps / steps) <= 1
+        forced = min(new_steps, schedule.settings.warmup + 1)  # warm-up and last step stay computed
+        assert abs(moved.model_calls - max(forced, schedule.model_calls * new_steps / steps)) <= 1
     else:
         assert all(moved.compute)
     assert any("remapped" in n or "every step computed" in n for n in moved.notes)
