@@ -73,10 +73,8 @@ def run_chart(schedule: Schedule, stats: RunStats | None) -> torch.Tensor:
 def cost_heatmap(costs: EdgeCosts, max_span: int, title: str) -> torch.Tensor:
     """Edge costs ``C[i, j]`` (best span, log colour scale) as an image: where skipping is cheap."""
     table = costs.table if costs.pair_state else costs.table[:max_span]
-    best = np.where(np.isfinite(table), table, np.nan)
-    with np.errstate(all="ignore"):
-        best = np.nanmin(best, axis=0) if np.isfinite(best).any() else np.full(table.shape[1:], np.nan)
-    best[best <= 0] = np.nan  # chains cost nothing and are always allowed
+    best = np.where(np.isfinite(table), table, np.inf).min(axis=0)
+    best[~np.isfinite(best) | (best <= 0)] = np.nan  # undefined edges; chains cost nothing
     fig = Figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI, facecolor="white")
     ax = fig.add_axes((0.08, 0.1, 0.7, 0.78))
     shown = np.log10(best)
