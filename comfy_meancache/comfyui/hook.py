@@ -52,11 +52,13 @@ class MeanCacheHolder:
         label: str = "custom",
         debug: bool = False,
         calibration: Calibration | None = None,
+        cache_device: str | None = None,
     ) -> None:
         self.schedule = schedule
         self.label = label
         self.debug = debug
         self.calibration = calibration
+        self.cache_device = cache_device
         self.runs: deque[RunStats] = deque(maxlen=KEPT_RUNS)
 
     def __deepcopy__(self, memo: dict) -> MeanCacheHolder:
@@ -86,7 +88,7 @@ class RunState:
                 notes.append(f"not recorded for calibration: {policy.reason}")
         self.sigmas = sigmas
         self.policy = policy
-        self.stepper = Stepper(schedule, debug=holder.debug)
+        self.stepper = Stepper(schedule, debug=holder.debug, cache_device=holder.cache_device)
         self.stepper.stats.notes.extend(notes)
         self.last_step = -1
         self.extra_evaluations = 0

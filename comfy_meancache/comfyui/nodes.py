@@ -25,6 +25,7 @@ CATEGORY = "sampling/meancache"
 ScheduleType = io.Custom("MEANCACHE_SCHEDULE")
 StatsType = io.Custom("MEANCACHE_STATS")
 PRIOR, OFFICIAL = "prior", "official-zimage-50"
+MODEL_DEVICE = "model device"
 BUILT_IN_SOURCES = (PRIOR, OFFICIAL)
 _DEFAULTS = PlannerSettings()
 
@@ -125,6 +126,28 @@ class MeanCachePlanner(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, preset: str | None, steps: int | None, compute_steps: int | None) -> bool | str:
+        """Refuse contradictory settings before anything runs (linked inputs arrive as None).
+
+        Naming inputs here turns off ComfyUI's own checks for them, so their
+        ranges are checked here too.
+        """
+        if preset is not None and preset not in PRESET_NAMES:
+            return f"preset: {preset!r} is not one of {', '.join(PRESET_NAMES)}"
+        if steps is not None and steps < 1:
+            return f"steps: must be >= 1, got {steps}"
+        if compute_steps is not None and compute_steps < 0:
+            return f"compute_steps: must be >= 0, got {compute_steps}"
+        if compute_steps and preset is not None and preset != CUSTOM:
+            return (
+                f"compute_steps: {compute_steps} is only used by preset 'custom' (preset is {preset!r}); "
+                "set preset to custom, or compute_steps to 0"
+            )
+        if compute_steps and steps is not None and compute_steps > steps:
+            return f"compute_steps: {compute_steps} > steps {steps}"
+        return True
+
+    @classmethod
     def execute(
         cls,
         model,
@@ -175,6 +198,13 @@ class MeanCacheApply(io.ComfyNode):
                 io.Model.Input("model", tooltip="The model to speed up (it is cloned, never changed)."),
                 ScheduleType.Input("schedule", tooltip="From MeanCache Planner."),
                 io.Boolean.Input("debug", default=False, tooltip="Log every step's decision."),
+                io.Combo.Input(
+                    "cache_device",
+                    options=[MODEL_DEVICE, "cpu"],
+                    default=MODEL_DEVICE,
+                    tooltip="Where the velocity history lives. cpu spares VRAM (a few latents) at the cost of "
+                    "copies each step.",
+                ),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The patched model: connect to your sampler."),
@@ -183,10 +213,13 @@ class MeanCacheApply(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, schedule: Schedule, debug: bool = False) -> io.NodeOutput:
+    def execute(cls, model, schedule: Schedule, debug: bool = False, cache_device: str = MODEL_DEVICE):
         if not isinstance(schedule, Schedule):
             raise ValueError(f"schedule: expected a MeanCache schedule, got {type(schedule).__name__}")
-        holder = MeanCacheHolder(schedule, schedule.settings.preset, debug)
+        if cache_device not in (MODEL_DEVICE, "cpu"):
+            raise ValueError(f"cache_device: {cache_device!r} is not one of {MODEL_DEVICE!r}, 'cpu'")
+        device = None if cache_device == MODEL_DEVICE else cache_device
+        holder = MeanCacheHolder(schedule, schedule.settings.preset, debug, cache_device=device)
         return io.NodeOutput(attach(model, holder), holder)
 
 

@@ -43,6 +43,7 @@ class StepRecord:
     reason: str = ""
     started: float = 0.0
     wall_s: float | None = None
+    nonfinite: bool = False
 
     @property
     def fallback(self) -> bool:
@@ -96,6 +97,9 @@ class RunStats:
         )
         if self.fallbacks:
             text += f", {len(self.fallbacks)} planned skips computed"
+        bad = [r.step for r in self.records if r.nonfinite]
+        if bad:
+            text += f", NaN/inf from the model at step(s) {bad}"
         return text
 
 
@@ -107,14 +111,24 @@ def fingerprint(latent: torch.Tensor, size: int = 64) -> tuple[float, ...]:
 
 
 class Stepper:
-    """Decides compute or skip per step and produces the skipped steps' velocities."""
+    """Decides compute or skip per step and produces the skipped steps' velocities.
 
-    def __init__(self, schedule: Schedule, debug: bool = False) -> None:
+    ``cache_device`` keeps the velocity history elsewhere (e.g. the CPU, to
+    spare VRAM); estimates are combined there and returned on the latent's
+    device. A computed velocity with NaN or inf is never estimated from: the
+    first planned skip that would read it is computed instead. Checking that
+    reads one flag from the device once per computed step that a skip reads,
+    not once per step.
+    """
+
+    def __init__(self, schedule: Schedule, debug: bool = False, cache_device: torch.device | str | None = None) -> None:
         self.schedule = schedule
         self.debug = debug
+        self.cache_device = torch.device(cache_device) if cache_device is not None else None
         self.stats = RunStats(schedule)
         self._window = schedule.max_lookback if schedule.estimator == "meancache" else 1
         self._velocities: dict[int, torch.Tensor] = {}
+        self._finite: dict[int, torch.Tensor | bool] = {}
         self._computed: list[int] = []
         self._meta: tuple | None = None
         self._start = time.perf_counter()
@@ -131,7 +145,7 @@ class Stepper:
             record.reason = "latent shape, dtype or device changed"
         self._meta = meta
         if planned is Action.SKIP and not record.reason:
-            record.reason = self._missing_history(step)
+            record.reason = self._missing_history(step) or self._nonfinite_history(step)
         if planned is Action.SKIP and record.reason:
             record.action = Action.COMPUTE
         self.stats.records.append(record)
@@ -139,6 +153,9 @@ class Stepper:
 
     def record(self, step: int, velocity: torch.Tensor) -> None:
         """Keep the model's velocity for ``step``."""
+        self._finite[step] = torch.isfinite(velocity).all()  # resolved only when a skip reads it
+        if self.cache_device is not None:
+            velocity = velocity.to(self.cache_device, non_blocking=True)
         self._velocities[step] = velocity
         self._computed.append(step)
         del self._computed[:-2]
@@ -152,12 +169,14 @@ class Stepper:
         self._prune(step)
         if self.debug:
             self.stats.notes.append(f"step {step}: weights {weights}, |v| {float(velocity.abs().mean()):.4g}")
-        return velocity
+        return velocity.to(self._meta[2], non_blocking=True) if self.cache_device is not None else velocity
 
     def finish(self) -> RunStats:
         """Free all tensors and return the statistics of the run."""
         now = time.perf_counter()
         self._close_previous(now)
+        for step in list(self._finite):
+            self._is_finite(step)
         self._forget()
         self._meta = None
         self.stats.wall_s = now - self._start
@@ -175,13 +194,31 @@ class Stepper:
         missing = sorted(set(self._weights(step)) - set(self._velocities))
         return f"history of step(s) {missing} not seen in this run" if missing else ""
 
+    def _nonfinite_history(self, step: int) -> str:
+        bad = [m for m in self._weights(step) if m in self._finite and not self._is_finite(m)]
+        return f"velocity of step(s) {bad} has NaN or inf; computing instead of estimating from it" if bad else ""
+
+    def _is_finite(self, step: int) -> bool:
+        """Host value of a computed step's finiteness flag (one device read, then cached)."""
+        flag = self._finite[step]
+        if isinstance(flag, torch.Tensor):
+            flag = self._finite[step] = bool(flag)
+            if not flag:
+                for record in self.stats.records:
+                    if record.step == step:
+                        record.nonfinite = True
+        return flag
+
     def _prune(self, step: int) -> None:
         keep = set(self._computed[-2:]) | set(range(step - self._window + 1, step + 1))
         for old in [m for m in self._velocities if m not in keep]:
             del self._velocities[old]
+        for old in [m for m in self._finite if m not in keep and isinstance(self._finite[m], bool)]:
+            del self._finite[old]
 
     def _forget(self) -> None:
         self._velocities.clear()
+        self._finite.clear()
         self._computed.clear()
 
     def _close_previous(self, now: float) -> None:

@@ -100,7 +100,13 @@ def write_profile(folder, document, tensors=True):
         (folder / "ok" / "p.safetensors").rename(folder / "p.safetensors")
 
 
-GOOD = {"format": "comfy-meancache-profile", "version": 1, "name": "p", "metadata": {}, "runs": [{"sigmas": flow_sigmas(4)}]}
+GOOD = {
+    "format": "comfy-meancache-profile",
+    "version": 1,
+    "name": "p",
+    "metadata": {},
+    "runs": [{"sigmas": flow_sigmas(4)}],
+}
 
 
 @pytest.mark.parametrize(
@@ -135,8 +141,12 @@ def test_missing_or_corrupt_tensors(tmp_path):
 
 
 @hsettings(max_examples=40, deadline=None)
-@given(st.recursive(st.none() | st.booleans() | st.floats() | st.text(max_size=5),
-                    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=4)))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.floats() | st.text(max_size=5),
+        lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=4),
+    )
+)
 def test_fuzzed_json_never_crashes(tmp_path_factory, document):
     folder = tmp_path_factory.mktemp("fuzz")
     write_profile(folder, GOOD | {"runs": document} if isinstance(document, list) else document)
@@ -150,7 +160,7 @@ def test_subsample_bounds_elements():
     latent = torch.randn(2, 16, 128, 128)
     small = subsample(latent)
     assert small.shape[:2] == (2, 16) and small[0].numel() <= 4096
-    assert torch.equal(small, latent[:, :, :: 8, :: 8])
+    assert torch.equal(small, latent[:, :, ::8, ::8])
     video = torch.randn(1, 16, 21, 90, 160)
     assert subsample(video)[0].numel() <= 4096
     tiny = torch.randn(1, 4, 8, 8)

@@ -108,3 +108,34 @@ def test_summary_line():
     assert stats.summary().startswith("50 steps -> 20 model calls (2.50x), 30 skipped, ")
     computed = [r for r in stats.records if r.action is Action.COMPUTE]
     assert all(r.wall_s is not None and r.wall_s >= 0 for r in computed)
+
+
+def test_nan_velocity_is_never_estimated_from():
+    sigmas = flow_sigmas(20)
+    schedule = plan(sigmas, compute_steps=8, estimator="meancache")
+    poisoned = schedule.computed_steps[3]
+
+    def velocity(x, sigma):
+        v = curved_velocity(x, sigma)
+        return v * float("nan") if sigma == sigmas[poisoned] else v
+
+    out, stats = sample_euler(velocity, torch.ones(1, 4), sigmas, Stepper(schedule))
+    by_step = {r.step: r for r in stats.records}
+    assert by_step[poisoned].nonfinite
+    after = poisoned + 1
+    assert not schedule.compute[after] and by_step[after].action is Action.COMPUTE
+    assert "NaN or inf" in by_step[after].reason
+    assert "NaN/inf from the model at step(s)" in stats.summary()
+
+
+def test_cache_device_gives_the_same_result():
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    sigmas = flow_sigmas(30)
+    schedule = plan(sigmas, compute_steps=12, estimator="meancache")
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    reference, _ = sample_euler(curved_velocity, x, sigmas, Stepper(schedule))
+    for device in devices:
+        stepper = Stepper(schedule, cache_device="cpu")
+        moved, _ = sample_euler(curved_velocity, x.to(device), sigmas, stepper)
+        assert moved.device.type == device
+        torch.testing.assert_close(moved.cpu(), reference, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,160 @@
+"""Hard cases inside real ComfyUI: partial sigma lists, second passes, batches, NaN, other model types."""
+
+from __future__ import annotations
+
+import harness
+import pytest
+import torch
+
+import comfy.patcher_extension
+from comfy_meancache.comfyui.nodes import MeanCacheApply, MeanCachePlanner
+from comfy_meancache.core.planner import plan
+from comfy_meancache.core.schedule import Schedule
+
+STEPS = 30
+
+
+@pytest.fixture(scope="module")
+def zimage():
+    return harness.tiny_zimage()
+
+
+def patched_with(model, schedule: Schedule, **options):
+    out = harness.execute_node(MeanCacheApply, model=model, schedule=schedule, **options)
+    return out[0], out[1]
+
+
+def zimage_plan(model, steps=STEPS, calls=12, estimator="meancache2"):
+    return plan(harness.ksampler_sigmas(model, steps).tolist(), compute_steps=calls, estimator=estimator)
+
+
+def counted(model, **kwargs):
+    counter = harness.DiffusionModelCallCounter(model)
+    return harness.sample(counter.model, **kwargs), counter
+
+
+def test_ksampler_advanced_fragment_is_remapped(zimage):
+    patched, holder = patched_with(zimage, zimage_plan(zimage))
+    latent, counter = counted(patched, seed=1, steps=STEPS, cfg=1.0, start_step=10, last_step=STEPS)
+    stats = holder.latest
+    assert stats.steps_run == 20 and counter.count == stats.model_calls
+    assert any("remapped" in note for note in stats.notes)
+    assert stats.schedule.compute[0] and torch.isfinite(latent).all()
+
+
+def test_split_sigmas_halves_and_a_double_zero_tail(zimage):
+    patched, holder = patched_with(zimage, zimage_plan(zimage))
+    sigmas = harness.ksampler_sigmas(zimage, STEPS)
+    high, low = harness.split_sigmas(sigmas, 12)
+    first = harness.sample_custom(patched, sigmas=high, seed=2, return_dict=True)
+    second = harness.sample_custom(patched, sigmas=low, seed=2, latent=first, add_noise=False)
+    assert [r.steps_run for r in holder.runs] == [12, 18] and torch.isfinite(second).all()
+    # [.., 0, 0]: a zero-length last step. The hook never divides by that zero sigma; ComfyUI's own
+    # samplers do (to_d at sigma 0), so the result is NaN with or without MeanCache.
+    tail = torch.cat([sigmas, torch.zeros(1)])
+    counter = harness.DiffusionModelCallCounter(patched)
+    out = harness.sample_custom(counter.model, sigmas=tail, seed=2, cfg=1.0)
+    assert counter.count == holder.latest.model_calls + 1  # the sigma-0 evaluation passes through
+    assert holder.latest.steps_run == STEPS and not holder.latest.fallbacks
+    assert torch.isfinite(out).all() == torch.isfinite(harness.sample_custom(zimage, sigmas=tail, seed=2)).all()
+    harness.sample_custom(patched, sigmas=torch.zeros(2), seed=2)  # a second sampler left with [0, 0]
+    assert holder.latest.steps_run == 0 and holder.latest.model_calls == 0
+
+
+def test_hires_fix_second_pass_on_an_upscaled_latent(zimage):
+    patched, holder = patched_with(zimage, zimage_plan(zimage))
+    first = harness.sample(patched, seed=3, steps=STEPS, cfg=4.0)
+    upscaled = torch.nn.functional.interpolate(first, scale_factor=1.5, mode="nearest")
+    second, counter = counted(patched, seed=3, steps=STEPS, cfg=4.0, denoise=0.5, latent={"samples": upscaled})
+    stats = holder.latest
+    assert second.shape == upscaled.shape and torch.isfinite(second).all()
+    assert counter.count == 2 * stats.model_calls and stats.steps_run == STEPS
+    assert any("remapped" in note for note in stats.notes)  # denoise 0.5 samples other sigmas
+
+
+def test_batch_four_at_cfg_five(zimage):
+    schedule = zimage_plan(zimage)
+    patched, holder = patched_with(zimage, schedule)
+    pos, neg = harness.make_cond_pair(zimage, pos_tokens=9, neg_tokens=9)
+    out, counter = counted(patched, seed=4, steps=STEPS, cfg=5.0, batch=4, positive=pos, negative=neg)
+    assert counter.count == schedule.model_calls and set(counter.batch_sizes) == {8}
+    base = harness.sample(zimage, seed=4, steps=STEPS, cfg=5.0, batch=4, positive=pos, negative=neg)
+    errors = [float((out[i] - base[i]).norm() / base[i].norm()) for i in range(4)]
+    assert max(errors) < 0.6 and len(set(round(e, 6) for e in errors)) == 4  # every item sampled on its own
+
+
+@pytest.mark.parametrize("steps", [20, 8, 3])
+def test_a_50_step_plan_on_fewer_steps(zimage, steps):
+    patched, holder = patched_with(zimage, zimage_plan(zimage, steps=50, calls=20))
+    _, counter = counted(patched, seed=5, steps=steps, cfg=1.0)
+    stats = holder.latest
+    assert counter.count == stats.model_calls and stats.steps_run == steps
+    if steps <= stats.schedule.settings.warmup:
+        assert stats.skipped == 0 and any("every step computed" in note for note in stats.notes)
+    else:
+        assert abs(stats.model_calls - 20 * steps / 50) <= 1 + stats.schedule.settings.warmup
+
+
+def test_nan_from_the_model_is_not_propagated_by_a_skip(zimage):
+    schedule = zimage_plan(zimage, estimator="meancache")
+    patched, holder = patched_with(zimage, schedule)
+    poisoned_sigma = schedule.sigmas[schedule.computed_steps[4]]
+
+    def poison(executor, *args, **kwargs):
+        out = executor(*args, **kwargs)
+        sigma = float(kwargs["transformer_options"]["sigmas"].flatten()[0])
+        return out * float("nan") if abs(sigma - poisoned_sigma) < 1e-6 else out
+
+    broken = patched.clone()
+    broken.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "poison", poison)
+    harness.sample(broken, seed=6, steps=STEPS, cfg=1.0)
+    stats = holder.latest
+    step = schedule.computed_steps[4]
+    records = {r.step: r for r in stats.records}
+    assert records[step].nonfinite
+    assert records[step + 1].fallback and "NaN or inf" in records[step + 1].reason
+
+
+def test_cache_on_the_cpu_gives_the_same_latent(zimage):
+    schedule = zimage_plan(zimage)
+    on_model = harness.sample(patched_with(zimage, schedule)[0], seed=7, steps=STEPS, cfg=4.0)
+    on_cpu = harness.sample(patched_with(zimage, schedule, cache_device="cpu")[0], seed=7, steps=STEPS, cfg=4.0)
+    torch.testing.assert_close(on_cpu, on_model, rtol=1e-5, atol=1e-5)
+
+
+def test_epsilon_prediction_model_through_the_same_hook():
+    sd = harness.tiny_sd_eps()
+    sigmas = harness.ksampler_sigmas(sd, 20, "karras").tolist()
+    assert max(sigmas) > 1.0  # an epsilon model's sigmas, not a flow model's
+    schedule = plan(sigmas, compute_steps=9)
+    patched, holder = patched_with(sd, schedule)
+    out, counter = counted(patched, seed=8, steps=20, cfg=7.0, scheduler="karras")
+    assert counter.count == 9 and torch.isfinite(out).all()
+    everything = Schedule(sigmas, [True] * 20, [0] * 20, "meancache2", budget=20)
+    full = harness.sample(sd, seed=8, steps=20, cfg=7.0, scheduler="karras")
+    assert torch.equal(
+        harness.sample(patched_with(sd, everything)[0], seed=8, steps=20, cfg=7.0, scheduler="karras"), full
+    )
+
+
+@pytest.mark.parametrize(
+    "inputs,message",
+    [
+        (dict(preset="custom", steps=30, compute_steps=40), "compute_steps: 40 > steps 30"),
+        (dict(preset="balanced", steps=30, compute_steps=12), "only used by preset 'custom'"),
+        (dict(preset="fastest", steps=30, compute_steps=0), "preset: 'fastest'"),
+        (dict(preset="custom", steps=0, compute_steps=0), "steps: must be >= 1"),
+    ],
+)
+def test_planner_validation_names_the_input(inputs, message):
+    result = MeanCachePlanner.validate_inputs(**inputs)
+    assert isinstance(result, str) and message in result
+    assert MeanCachePlanner.validate_inputs(preset="custom", steps=30, compute_steps=12) is True
+    assert MeanCachePlanner.validate_inputs(preset=None, steps=None, compute_steps=12) is True  # linked inputs
+
+
+def test_a_schedule_from_another_socket_is_refused(zimage):
+    with pytest.raises(ValueError, match="schedule: expected a MeanCache schedule, got dict"):
+        harness.execute_node(MeanCacheApply, model=zimage, schedule={"steps": [1, 2]})
+    with pytest.raises(ValueError, match="cache_device"):
+        harness.execute_node(MeanCacheApply, model=zimage, schedule=zimage_plan(zimage), cache_device="tpu")
