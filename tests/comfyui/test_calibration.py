@@ -13,8 +13,16 @@ from comfy_meancache.comfyui.nodes import MeanCacheApply, MeanCacheCalibrate, Me
 
 STEPS = 20
 PLANNER = dict(
-    preset="custom", steps=STEPS, scheduler="simple", denoise=1.0, compute_steps=8, speedup=2.5, gamma=2.0,
-    warmup=3, max_gap=8, estimator="meancache2",
+    preset="custom",
+    steps=STEPS,
+    scheduler="simple",
+    denoise=1.0,
+    compute_steps=8,
+    speedup=2.5,
+    gamma=2.0,
+    warmup=3,
+    max_gap=8,
+    estimator="meancache2",
 )
 
 
@@ -88,7 +96,10 @@ def test_a_corrupt_profile_gives_a_clear_error_and_keeps_the_node_list(zimage, u
 
 def test_official_lists_are_remapped_by_sigma(zimage):
     schedule = harness.execute_node(
-        MeanCachePlanner, model=zimage, cost_source="official-zimage-50", **(PLANNER | {"steps": 50, "compute_steps": 20})
+        MeanCachePlanner,
+        model=zimage,
+        cost_source="official-zimage-50",
+        **(PLANNER | {"steps": 50, "compute_steps": 20}),
     )[0]
     assert schedule.model_calls == 20 and schedule.estimator == "meancache"
     assert any("shift-6" in note for note in schedule.notes) and any("remapped" in n for n in schedule.notes)

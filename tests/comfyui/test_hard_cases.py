@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import comfy.patcher_extension
 import harness
 import pytest
 import torch
 
-import comfy.patcher_extension
 from comfy_meancache.comfyui.nodes import MeanCacheApply, MeanCachePlanner
 from comfy_meancache.core.planner import plan
 from comfy_meancache.core.schedule import Schedule

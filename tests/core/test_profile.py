@@ -6,7 +6,9 @@ import os
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from comfy_meancache.core.costs import trajectory_costs
 from comfy_meancache.core.prior import MixturePrior, mixture_trajectories
