@@ -102,6 +102,8 @@ def combine(weights: Weights, velocities: Mapping[int, torch.Tensor]) -> torch.T
     items = iter(weights.items())
     step, w = next(items)
     first = velocities[step]
+    if len(weights) == 1 and w == 1.0:
+        return first  # plain reuse: no arithmetic, no copy (callers never write into velocities)
     acc_dtype = torch.float32 if first.dtype in (torch.float16, torch.bfloat16) else first.dtype
     out = first.to(acc_dtype) * w
     for step, w in items:

@@ -153,7 +153,8 @@ class Stepper:
 
     def record(self, step: int, velocity: torch.Tensor) -> None:
         """Keep the model's velocity for ``step``."""
-        self._finite[step] = torch.isfinite(velocity).all()  # resolved only when a skip reads it
+        # one reduction, no copy; NaN and inf survive a sum. Resolved only when a skip reads it.
+        self._finite[step] = torch.isfinite(velocity.sum(dtype=torch.float32))
         if self.cache_device is not None:
             velocity = velocity.to(self.cache_device, non_blocking=True)
         self._velocities[step] = velocity
