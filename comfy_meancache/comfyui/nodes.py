@@ -1,7 +1,9 @@
 """The V3 nodes: MeanCache Planner -> MeanCache Apply -> MeanCache Report.
 
 Node ids and the order of widget inputs are permanent: saved workflows refer
-to them by id and store widget values by position. Append, never reorder.
+to them by id and store widget values by position. Append, never reorder; the
+frontend also saves the node's text box as one extra trailing value, so a new
+widget appended later must tolerate reading that text from old workflows.
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ class MeanCachePlanner(io.ComfyNode):
                     "preset",
                     options=list(PRESET_NAMES),
                     default=DEFAULT_PRESET,
-                    tooltip="Target speedup: quality 2x, balanced 2.5x, speed 3.3x, turbo 4x model-call speedup. "
+                    tooltip="Target model-call speedup: "
+                    + ", ".join(f"{name} {p.speedup:g}x" for name, p in PRESETS.items())
+                    + ". "
                     "custom uses the settings below.",
                 ),
                 io.Int.Input("steps", default=40, min=1, max=10000, tooltip="Same steps as your KSampler."),
@@ -180,7 +184,7 @@ class MeanCachePlanner(io.ComfyNode):
             raise ValueError(f"MeanCache Planner: {exc}") from exc
         chart = plan_chart(schedule)
         _show_text(cls, schedule.summary())
-        return io.NodeOutput(schedule, chart, schedule.summary(), ui=_preview(chart, cls))
+        return io.NodeOutput(schedule, chart, schedule.summary(), ui=_preview(chart, cls, schedule.summary()))
 
 
 class MeanCacheApply(io.ComfyNode):
@@ -301,7 +305,7 @@ class MeanCacheReport(io.ComfyNode):
             if run is None:
                 text = "No sampling run has used this MeanCache Apply yet.\n" + text
         _show_text(cls, text)
-        return io.NodeOutput(chart, text, ui=_preview(chart, cls))
+        return io.NodeOutput(chart, text, ui=_preview(chart, cls, text))
 
 
 def _plan_from_source(grid: list[float], source: str, estimator: str, settings: PlannerSettings, budget: dict):
@@ -366,8 +370,9 @@ def _run_for(holder: MeanCacheHolder, latent: dict) -> RunStats | None:
     return holder.latest
 
 
-def _preview(image: torch.Tensor, cls) -> dict:
-    return ui.PreviewImage(image, cls=cls).as_dict()
+def _preview(image: torch.Tensor, cls, text: str) -> dict:
+    """The chart on the node, plus the text for the pack's frontend (every ui value must be a list)."""
+    return {**ui.PreviewImage(image, cls=cls).as_dict(), "text": [text]}
 
 
 def _show_text(cls, text: str) -> None:
