@@ -148,7 +148,11 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     run = output = None
     try:
         guider.model_options = _clone_options(original_options)
-        run = RunState(holder, [float(s) for s in sigmas.tolist()], sampler_policy(sampler))
+        try:
+            run = RunState(holder, [float(s) for s in sigmas.tolist()], sampler_policy(sampler))
+        except ValueError as exc:  # sigmas no schedule can follow (rising, a single one): sample plainly
+            log.warning("[MeanCache] %s: running this sampler uncached: %s", holder.label, exc)
+            return executor(*args, **kwargs)
         guider.model_options["transformer_options"][RUN_KEY] = run
         for note in run.stepper.stats.notes:
             log.info("[MeanCache] %s", note)

@@ -158,3 +158,13 @@ def test_a_schedule_from_another_socket_is_refused(zimage):
         harness.execute_node(MeanCacheApply, model=zimage, schedule={"steps": [1, 2]})
     with pytest.raises(ValueError, match="cache_device"):
         harness.execute_node(MeanCacheApply, model=zimage, schedule=zimage_plan(zimage), cache_device="tpu")
+
+
+def test_sigmas_no_schedule_can_follow_run_uncached_with_a_warning(zimage, caplog):
+    patched, holder = patched_with(zimage, zimage_plan(zimage))
+    rising = torch.linspace(0.1, 0.9, 9)  # "unsampling" workflows walk sigma upwards
+    with caplog.at_level("WARNING"):
+        counter = harness.DiffusionModelCallCounter(patched)
+        out = harness.sample_custom(counter.model, sigmas=rising, seed=1, add_noise=False)
+    assert counter.count == 8 and torch.isfinite(out).all() and not holder.runs
+    assert any("running this sampler uncached" in r.getMessage() for r in caplog.records)
