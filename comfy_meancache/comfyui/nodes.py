@@ -130,7 +130,9 @@ class MeanCachePlanner(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, preset: str | None, steps: int | None, compute_steps: int | None) -> bool | str:
+    def validate_inputs(
+        cls, preset: str | None, steps: int | None, compute_steps: int | None, cost_source: str | None
+    ) -> bool | str:
         """Refuse contradictory settings before anything runs (linked inputs arrive as None).
 
         Naming inputs here turns off ComfyUI's own checks for them, so their
@@ -149,6 +151,11 @@ class MeanCachePlanner(io.ComfyNode):
             )
         if compute_steps and steps is not None and compute_steps > steps:
             return f"compute_steps: {compute_steps} > steps {steps}"
+        if cost_source is not None and cost_source not in (*BUILT_IN_SOURCES, *saved_profiles()):
+            return (
+                f"cost_source: no calibration profile named {cost_source!r} on this machine; run MeanCache "
+                "Calibrate with that profile name first, or choose prior"
+            )
         return True
 
     @classmethod
@@ -275,8 +282,13 @@ class MeanCacheReport(io.ComfyNode):
             description="Step chart of the plan and of the last sampling run: computed, skipped and fallback steps, "
             "spans, sigmas, predicted costs and step times.",
             inputs=[
-                StatsType.Input("stats", tooltip="From MeanCache Apply (or Calibrate)."),
                 io.Latent.Input("latent", tooltip="The sampler's output latent, so the report runs after sampling."),
+                StatsType.Input(
+                    "stats",
+                    optional=True,
+                    tooltip="From MeanCache Apply (or Calibrate). Optional so that bypassing Apply to compare "
+                    "with an uncached run keeps the graph valid.",
+                ),
                 io.Image.Input(
                     "images", optional=True, tooltip="Optional decoded images (also orders it after sampling)."
                 ),
@@ -293,19 +305,31 @@ class MeanCacheReport(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, stats: MeanCacheHolder, latent: dict, images=None, schedule: Schedule | None = None):
-        if not isinstance(stats, MeanCacheHolder):
+    def execute(cls, latent: dict, stats: MeanCacheHolder | None = None, images=None, schedule: Schedule | None = None):
+        if stats is not None and not isinstance(stats, MeanCacheHolder):
             raise ValueError(f"stats: expected MeanCache stats from MeanCache Apply, got {type(stats).__name__}")
-        run = _run_for(stats, latent)
-        if stats.calibration is not None:
-            chart, text = _calibration_report(stats, run)
+        if stats is None:
+            text = "No MeanCache stats connected (MeanCache Apply bypassed?): the sampler ran uncached."
+            chart = plan_chart(schedule) if schedule is not None else plan_chart(_placeholder())
+        elif stats.calibration is not None:
+            chart, text = _calibration_report(stats, _run_for(stats, latent))
         else:
-            shown = run.schedule if run is not None else schedule or stats.schedule
-            chart, text = run_chart(shown, run), summary_text(shown, run)
-            if run is None:
-                text = "No sampling run has used this MeanCache Apply yet.\n" + text
+            chart, text = _run_report(stats, latent, schedule)
         _show_text(cls, text)
         return io.NodeOutput(chart, text, ui=_preview(chart, cls, text))
+
+
+def _run_report(holder: MeanCacheHolder, latent: dict, schedule: Schedule | None) -> tuple[torch.Tensor, str]:
+    matched = _matching_run(holder, latent)
+    run = matched or holder.latest
+    shown = run.schedule if run is not None else schedule or holder.schedule
+    text = summary_text(shown, run)
+    if run is None:
+        return run_chart(shown, None), "No sampling run has used this MeanCache Apply yet.\n" + text
+    where = f"run {list(holder.runs).index(run) + 1} of the {len(holder.runs)} kept for this MeanCache Apply"
+    if matched is None:
+        where += " (the latent matched none of them; showing the newest)"
+    return run_chart(shown, run), f"{where}\n{text}"
 
 
 def _plan_from_source(grid: list[float], source: str, estimator: str, settings: PlannerSettings, budget: dict):
@@ -363,11 +387,14 @@ def _planning_sigmas(model, steps: int, scheduler: str, denoise: float, sigmas: 
 
 def _run_for(holder: MeanCacheHolder, latent: dict) -> RunStats | None:
     """The run whose output is ``latent`` (newest first), else the newest run."""
+    return _matching_run(holder, latent) or holder.latest
+
+
+def _matching_run(holder: MeanCacheHolder, latent: dict) -> RunStats | None:
     samples = latent.get("samples") if isinstance(latent, dict) else None
-    for run in reversed(holder.runs):
-        if run.output_fingerprint is not None and samples is not None and run.matches(samples):
-            return run
-    return holder.latest
+    if not isinstance(samples, torch.Tensor):
+        return None
+    return next((run for run in reversed(holder.runs) if run.matches(samples)), None)
 
 
 def _preview(image: torch.Tensor, cls, text: str) -> dict:
@@ -382,8 +409,9 @@ def _show_text(cls, text: str) -> None:
         return
     from server import PromptServer
 
-    if PromptServer.instance is not None:
-        PromptServer.instance.send_progress_text(text, unique_id)
+    server = getattr(PromptServer, "instance", None)  # absent until a server exists (tests, scripts)
+    if server is not None:
+        server.send_progress_text(text, unique_id)
 
 
 class MeanCacheExtension(ComfyExtension):

@@ -147,10 +147,11 @@ def test_epsilon_prediction_model_through_the_same_hook():
     ],
 )
 def test_planner_validation_names_the_input(inputs, message):
-    result = MeanCachePlanner.validate_inputs(**inputs)
+    result = MeanCachePlanner.validate_inputs(**({"cost_source": "prior"} | inputs))
     assert isinstance(result, str) and message in result
-    assert MeanCachePlanner.validate_inputs(preset="custom", steps=30, compute_steps=12) is True
-    assert MeanCachePlanner.validate_inputs(preset=None, steps=None, compute_steps=12) is True  # linked inputs
+    assert MeanCachePlanner.validate_inputs(preset="custom", steps=30, compute_steps=12, cost_source="prior") is True
+    linked = dict(preset=None, steps=None, compute_steps=12, cost_source=None)
+    assert MeanCachePlanner.validate_inputs(**linked) is True
 
 
 def test_a_schedule_from_another_socket_is_refused(zimage):

@@ -256,7 +256,9 @@ def test_planner_rejects_bad_input_with_the_input_name(zimage):
     with pytest.raises(ValueError, match="schedule: expected a MeanCache schedule"):
         harness.execute_node(MeanCacheApply, model=zimage, schedule={"not": "a schedule"})
     with pytest.raises(ValueError, match="stats: expected MeanCache stats"):
-        harness.execute_node(MeanCacheReport, schedule=planned(zimage), stats=None, latent={"samples": None})
+        harness.execute_node(MeanCacheReport, schedule=planned(zimage), stats="foreign", latent={"samples": None})
+    bypassed = harness.execute_node(MeanCacheReport, schedule=planned(zimage), latent={"samples": None})
+    assert "ran uncached" in bypassed[1] and bypassed[0].shape == (1, 720, 1200, 3)
 
 
 def test_pack_loads_through_comfyuis_loader():
