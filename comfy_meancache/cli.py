@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import bench, demo
 from .core.estimators import DEFAULT_ESTIMATOR, ESTIMATORS
 from .core.planner import plan
 from .core.schedule import PlannerSettings
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     plan_parser = commands.add_parser("plan", help="plan a compute/skip schedule with PSSP")
     _add_plan_arguments(plan_parser)
     plan_parser.set_defaults(run=_plan)
+    for module in (demo, bench):
+        module.register(commands)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -1,0 +1,356 @@
+"""``python -m comfy_meancache bench``: speed and quality of every method at equal model calls.
+
+Everything runs on the embedded flow model (``comfy_meancache.flowmodel``)
+with ComfyUI's Z-Image sigmas (shift 3, ``simple``). For each step count N,
+CFG scale and model-call budget B, every method is scored against the full
+N-step Euler run of the same seeds: PSNR and SSIM of the decoded images and
+the relative L2 of the latent (mean and std over held-out seeds), plus the
+model calls made and the wall time. Calibrated plans use seeds disjoint from
+the evaluation seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from .core.costs import EdgeCosts
+from .core.euler import sample_euler
+from .core.official import official_plan
+from .core.planner import fewest_calls, plan
+from .core.profile import Profile, Trajectory
+from .core.schedule import PlannerSettings, Schedule
+from .core.sigmas import flow_sigmas
+from .core.stepper import Action, Stepper
+from .flowmodel import decode, load_embedded_model, sample_noise
+from .metrics import psnr, relative_l2, ssim
+
+SHIFT = 3.0
+BUDGETS_OF_50 = (25, 20, 15, 13, 10)
+CALIBRATION_SEEDS = tuple(range(4))
+EVAL_SEED_BASE = 1000
+
+
+@dataclass
+class Setup:
+    """One (steps, cfg) case: seeds, reference runs and calibration profiles."""
+
+    steps: int
+    cfg: float
+    sigmas: list[float]
+    noise: torch.Tensor
+    labels: torch.Tensor
+    reference: torch.Tensor
+    eval_profile: Profile
+    calibration: Profile
+    transfer: Profile | None = None  # recorded at 50 steps, for other step counts
+
+
+@dataclass
+class Row:
+    method: str
+    budget: int
+    calls: int = 0
+    psnr: tuple[float, float] = (float("nan"), float("nan"))
+    ssim: tuple[float, float] = (float("nan"), float("nan"))
+    rel_l2: tuple[float, float] = (float("nan"), float("nan"))
+    wall_s: float = 0.0
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def seeds_noise(seeds: list[int], shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise and class label (seed mod 10) per seed, independent of batch composition."""
+    noise = torch.cat([sample_noise(1, s, shape) for s in seeds])
+    return noise, torch.tensor([s % 10 for s in seeds])
+
+
+def velocity_fn(model, labels: torch.Tensor, cfg: float):
+    return lambda x, sigma: model.velocity(x, sigma, labels, cfg)
+
+
+def full_runs(model, sigmas: list[float], noise: torch.Tensor, labels: torch.Tensor, cfg: float) -> Trajectory:
+    """A full-step Euler run, kept as a calibration trajectory (velocities and states)."""
+    velocities, states, x = [], [noise], noise
+    for i in range(len(sigmas) - 1):
+        v = model.velocity(x, sigmas[i], labels, cfg)
+        x = x + (sigmas[i + 1] - sigmas[i]) * v
+        velocities.append(v)
+        states.append(x)
+    return Trajectory(sigmas, torch.stack(velocities), torch.stack(states))
+
+
+def make_setup(model, steps: int, cfg: float, eval_seeds: list[int], transfer: Profile | None) -> Setup:
+    sigmas = flow_sigmas(steps, SHIFT, "simple")
+    noise, labels = seeds_noise(eval_seeds, model.latent_shape)
+    reference_run = full_runs(model, sigmas, noise, labels, cfg)
+    cal_noise, cal_labels = seeds_noise(list(CALIBRATION_SEEDS), model.latent_shape)
+    calibration = Profile(
+        "calibration", {"seeds": list(CALIBRATION_SEEDS)}, [full_runs(model, sigmas, cal_noise, cal_labels, cfg)]
+    )
+    return Setup(
+        steps,
+        cfg,
+        sigmas,
+        noise,
+        labels,
+        reference_run.states[-1],
+        Profile("eval-seeds", runs=[reference_run]),
+        calibration,
+        transfer,
+    )
+
+
+def score(setup: Setup, latent: torch.Tensor) -> dict:
+    images, reference = decode(latent), decode(setup.reference)
+    values = {
+        "psnr": psnr(images, reference),
+        "ssim": ssim(images, reference),
+        "rel_l2": relative_l2(latent, setup.reference),
+    }
+    return {k: (float(v.mean()), float(v.std())) for k, v in values.items()}
+
+
+def run_schedule(model, setup: Setup, schedule: Schedule, method: str, budget: int) -> Row:
+    calls = 0
+
+    def counted(x, sigma):
+        nonlocal calls
+        calls += 1
+        return model.velocity(x, sigma, setup.labels, setup.cfg)
+
+    start = time.perf_counter()
+    latent, stats = sample_euler(counted, setup.noise, setup.sigmas, Stepper(schedule))
+    wall = time.perf_counter() - start
+    row = Row(method, budget, calls, wall_s=wall, **score(setup, latent))
+    row.extra = {"computed": list(schedule.computed_steps), "fallbacks": len(stats.fallbacks)}
+    return row
+
+
+def run_fewer_steps(model, setup: Setup, budget: int) -> Row:
+    sigmas = flow_sigmas(budget, SHIFT, "simple")
+    start = time.perf_counter()
+    latent, _ = sample_euler(velocity_fn(model, setup.labels, setup.cfg), setup.noise, sigmas)
+    return Row(
+        "fewer steps (plain Euler, B steps)", budget, budget, wall_s=time.perf_counter() - start, **score(setup, latent)
+    )
+
+
+def uniform_reuse(sigmas: list[float], budget: int) -> Schedule:
+    """Reuse on evenly spaced model calls (first and last included): the FORA-style baseline."""
+    n = len(sigmas) - 1
+    nodes = sorted({round(k * (n - 1) / (budget - 1)) for k in range(budget)})
+    compute = [i in nodes for i in range(n)]
+    return Schedule(sigmas, compute, [0 if c else 1 for c in compute], "reuse", budget)
+
+
+def methods(setup: Setup, budget: int, settings: PlannerSettings) -> list[tuple[str, object]]:
+    """(name, schedule factory) for every cached method at this budget."""
+    sig = setup.sigmas
+
+    def pssp(estimator: str, costs: EdgeCosts | None):
+        return lambda: plan(sig, compute_steps=budget, estimator=estimator, settings=settings, costs=costs)
+
+    def profile_costs(profile: Profile, estimator: str):
+        return profile.costs(sig, estimator, settings.max_span, settings.max_gap)
+
+    entries = [
+        ("reuse, uniform grid", lambda: uniform_reuse(sig, budget)),
+        ("reuse, PSSP calibrated", pssp("reuse", profile_costs(setup.calibration, "reuse"))),
+        (
+            "meancache (official update), PSSP calibrated",
+            pssp("meancache", profile_costs(setup.calibration, "meancache")),
+        ),
+        ("meancache2, PSSP calibrated", pssp("meancache2", profile_costs(setup.calibration, "meancache2"))),
+        ("meancache, PSSP prior", pssp("meancache", None)),
+        ("meancache2, PSSP prior", pssp("meancache2", None)),
+        ("official-zimage-50 lists, remapped", lambda: official_plan(sig, budget)),
+        (
+            "meancache2, PSSP on the eval seeds (oracle)",
+            pssp("meancache2", profile_costs(setup.eval_profile, "meancache2")),
+        ),
+    ]
+    if setup.transfer is not None:
+        entries.append(
+            ("meancache2, PSSP 50-step profile", pssp("meancache2", profile_costs(setup.transfer, "meancache2")))
+        )
+    return entries
+
+
+def bench_case(model, setup: Setup, budgets: list[int], settings: PlannerSettings, log) -> list[Row]:
+    rows = []
+    for budget in budgets:
+        rows.append(run_fewer_steps(model, setup, budget))
+        for name, factory in methods(setup, budget, settings):
+            if budget < fewest_calls(setup.steps, settings) and "official" not in name and "uniform" not in name:
+                rows.append(Row(name, budget, note=f"B={budget} below the warm-up/max-gap minimum"))
+                continue
+            rows.append(run_schedule(model, setup, factory(), name, budget))
+        log(f"  N={setup.steps} cfg={setup.cfg:g} B={budget}: done")
+    return rows
+
+
+def budgets_for(steps: int) -> list[int]:
+    return sorted({max(2, round(steps * b / 50)) for b in BUDGETS_OF_50}, reverse=True)
+
+
+def measure_overhead(model) -> list[dict]:
+    """Per-step stepper bookkeeping at Z-Image latent sizes, against one forward of the embedded model."""
+    sigmas = flow_sigmas(50, SHIFT)
+    noise, labels = seeds_noise([0], model.latent_shape)
+    forward = _median_time(lambda: model.velocity(noise, 0.5, labels, 4.0), 20)
+    results = []
+    for shape in ((1, 16, 128, 128), (2, 16, 128, 128)):
+        for dtype in (torch.float32, torch.bfloat16):
+            for estimator in ("meancache2", "meancache"):
+                schedule = plan(sigmas, compute_steps=20, estimator=estimator)
+                x = torch.randn(shape).to(dtype)
+                v = torch.randn_like(x)
+                per_step = []
+                for _ in range(3):
+                    stepper = Stepper(schedule)
+                    for i in range(50):
+                        start = time.perf_counter()
+                        if stepper.decide(i, x) is Action.COMPUTE:
+                            stepper.record(i, v)
+                        else:
+                            stepper.estimate(i)
+                        per_step.append(time.perf_counter() - start)
+                    stepper.finish()
+                mean_us = 1e6 * statistics.mean(per_step)
+                results.append(
+                    {
+                        "shape": list(shape),
+                        "dtype": str(dtype).removeprefix("torch."),
+                        "estimator": estimator,
+                        "mean_us_per_step": round(mean_us, 1),
+                        "median_us_per_step": round(1e6 * statistics.median(per_step), 1),
+                        "fraction_of_forward": round(mean_us / (1e6 * forward), 3),
+                        "embedded_forward_us": round(1e6 * forward, 1),
+                    }
+                )
+    return results
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def markdown(cases: list[dict], overhead: list[dict], machine: str) -> str:
+    lines = [
+        f"Benchmark of {date.today().isoformat()} on {machine}.",
+        "PSNR in dB (mean +- std) against the full run of the same seeds; SSIM in brackets.",
+        "",
+    ]
+    for case in cases:
+        rows = [Row(**r) for r in case["rows"]]
+        budgets = sorted({r.budget for r in rows}, reverse=True)
+        names = list(dict.fromkeys(r.method for r in rows))
+        lines.append(f"### N = {case['steps']}, cfg {case['cfg']:g} ({case['seeds']} held-out seeds)")
+        lines.append("")
+        lines.append("| method | " + " | ".join(f"B={b} ({case['steps'] / b:.1f}x)" for b in budgets) + " |")
+        lines.append("|---|" + "---|" * len(budgets))
+        for name in names:
+            cells = []
+            for b in budgets:
+                r = next((r for r in rows if r.method == name and r.budget == b), None)
+                if r is None or r.note:
+                    cells.append("n/a")
+                else:
+                    calls = f", {r.calls} calls" if r.calls != b else ""
+                    cells.append(f"{r.psnr[0]:.1f} +- {r.psnr[1]:.1f} ({r.ssim[0]:.3f}{calls})")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if overhead:
+        lines.append("### Stepper bookkeeping per step (mean)")
+        lines.append("")
+        lines.append("| latent | dtype | estimator | us / step | x embedded forward |")
+        lines.append("|---|---|---|---|---|")
+        for o in overhead:
+            cells = (o["shape"], o["dtype"], o["estimator"], o["mean_us_per_step"], o["fraction_of_forward"])
+            lines.append("| " + " | ".join(map(str, cells)) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(cases: list[dict], path: Path) -> None:
+    """PSNR against model-call speedup, one panel per case."""
+    fig = Figure(figsize=(6 * len(cases), 4.5), dpi=100, facecolor="white")
+    FigureCanvasAgg(fig)
+    for k, case in enumerate(cases):
+        ax = fig.add_subplot(1, len(cases), k + 1)
+        rows = [Row(**r) for r in case["rows"] if not r["note"]]
+        for name in dict.fromkeys(r.method for r in rows):
+            points = sorted((case["steps"] / r.budget, r.psnr[0]) for r in rows if r.method == name)
+            ax.plot(*zip(*points), marker="o", label=name)
+        ax.set_title(f"N={case['steps']}, cfg {case['cfg']:g}")
+        ax.set_xlabel("model-call speedup")
+        ax.set_ylabel("PSNR vs full run (dB)")
+        ax.grid(alpha=0.3)
+    fig.axes[0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_embedded_model()
+    settings = PlannerSettings()
+    steps_list = [50] if args.quick else [50, 28, 20]
+    cfgs = [4.0] if args.quick else [1.0, 4.0]
+    seeds = list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + (16 if args.quick else args.seeds)))
+    log = print
+    cases, transfer = [], {}
+    started = time.perf_counter()
+    for cfg in cfgs:
+        for steps in steps_list:
+            log(f"N={steps} cfg={cfg:g}: reference and calibration runs")
+            setup = make_setup(model, steps, cfg, seeds, transfer.get(cfg))
+            if steps == 50:
+                transfer[cfg] = Profile("50-step", runs=setup.calibration.runs)
+            budgets = [20, 10] if args.quick else budgets_for(steps)
+            rows = bench_case(model, setup, budgets, settings, log)
+            cases.append({"steps": steps, "cfg": cfg, "seeds": len(seeds), "rows": [r.__dict__ for r in rows]})
+    overhead = [] if args.quick else measure_overhead(model)
+    cpu = platform.processor() or platform.machine()
+    machine = f"{cpu}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
+    (out / "bench.json").write_text(
+        json.dumps(
+            {"date": date.today().isoformat(), "machine": machine, "cases": cases, "overhead": overhead}, indent=1
+        )
+    )
+    table = markdown(cases, overhead, machine)
+    (out / "bench.md").write_text(table)
+    plot(cases, out / "bench.png")
+    print(table)
+    print(
+        f"wrote {out / 'bench.md'}, {out / 'bench.json'}, {out / 'bench.png'} in {time.perf_counter() - started:.0f} s"
+    )
+    return 0
+
+
+def register(commands) -> None:
+    parser = commands.add_parser("bench", help="benchmark every method at equal model calls on the embedded model")
+    parser.add_argument("--quick", action="store_true", help="N=50, cfg 4, B=20 and 10, 16 seeds (CI smoke run)")
+    parser.add_argument("--seeds", type=int, default=64, help="held-out evaluation seeds (default 64)")
+    parser.add_argument("--out", default="bench-out", help="output folder")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.set_defaults(run=run)
