@@ -155,10 +155,12 @@ def uniform_reuse(sigmas: list[float], budget: int) -> Schedule:
 
 
 def methods(setup: Setup, budget: int, settings: PlannerSettings) -> list[tuple[str, object]]:
-    """(name, schedule factory) for every cached method at this budget."""
+    """(name, schedule factory or None where the budget is infeasible) for every cached method."""
     sig = setup.sigmas
 
     def pssp(estimator: str, costs: EdgeCosts | None):
+        if budget < fewest_calls(setup.steps, settings):
+            return None  # the warm-up and max gap need more calls than this budget
         return lambda: plan(sig, compute_steps=budget, estimator=estimator, settings=settings, costs=costs)
 
     def profile_costs(profile: Profile, estimator: str):
@@ -192,7 +194,7 @@ def bench_case(model, setup: Setup, budgets: list[int], settings: PlannerSetting
     for budget in budgets:
         rows.append(run_fewer_steps(model, setup, budget))
         for name, factory in methods(setup, budget, settings):
-            if budget < fewest_calls(setup.steps, settings) and "official" not in name and "uniform" not in name:
+            if factory is None:
                 rows.append(Row(name, budget, note=f"B={budget} below the warm-up/max-gap minimum"))
                 continue
             rows.append(run_schedule(model, setup, factory(), name, budget))
