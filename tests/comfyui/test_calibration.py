@@ -103,3 +103,18 @@ def test_official_lists_are_remapped_by_sigma(zimage):
     )[0]
     assert schedule.model_calls == 20 and schedule.estimator == "meancache"
     assert any("shift-6" in note for note in schedule.notes) and any("remapped" in n for n in schedule.notes)
+
+
+def test_no_network_and_writes_only_to_the_profile_folder(zimage, user_dir, monkeypatch, tmp_path_factory):
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the pack opened a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    holder, _, latents = calibrate(zimage, "offline", [5])
+    schedule = harness.execute_node(MeanCachePlanner, model=zimage, cost_source="offline", **PLANNER)[0]
+    harness.execute_node(MeanCacheReport, stats=holder, latent={"samples": latents[0]}, schedule=schedule)
+    written = sorted(p.relative_to(user_dir).as_posix() for p in user_dir.rglob("*") if p.is_file())
+    assert written == ["meancache/offline.json", "meancache/offline.safetensors"]
