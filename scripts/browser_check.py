@@ -16,7 +16,13 @@ What it does (headless chromium, driven over the Chrome DevTools Protocol; stdli
      the table, custom-only widgets hide/show, the node resizes, compute_steps resets to 0.
   4. Fakes an `executed` message for MeanCache Report (and Planner) with an image uploaded
      to the temp folder and a `text` list: the image loads on the node and the text shows.
-  5. Repeats the preset change with the Vue ("Nodes 2.0") renderer and checks the DOM.
+  5. Runs a real graph: builds TinyZImageLoader -> MeanCache Planner (balanced, 12 steps) -> Apply ->
+     KSampler (12 steps, cfg 1, euler, simple) -> MeanCache Report in the page, queues it from the page
+     (app.queuePrompt), waits for the run, and checks /history, the Report's image and text on the node
+     and the server log's `[MeanCache] balanced:` line. The tiny model comes from a test-only node pack
+     (scripts/browser_tiny_nodes.py, copied into the temp custom_nodes; skipped with --url unless that
+     server has it).
+  6. Repeats the preset change with the Vue ("Nodes 2.0") renderer and checks the DOM.
 Screenshots go to --out (default /tmp/meancache-browser). Exits 1 on any failure.
 """
 
@@ -44,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACK_NAME = "comfy-meancache"
 NODE_TYPES = ("MeanCachePlanner", "MeanCacheApply", "MeanCacheReport", "MeanCacheCalibrate")
 EXTENSION_NAME = "comfy-meancache.presets"
+TINY_PACK_NAME = "meancache_browser_tiny"  # scripts/browser_tiny_nodes.py, installed as <this>/__init__.py
 
 
 # ----------------------------------------------------------------------------- CDP over a stdlib WebSocket
@@ -661,6 +668,150 @@ class Checker:
             )
         self.shot(f"{prefix}_executed_{node_id}")
 
+    def real_run(self, server_log: Path | None, steps: int = 12, timeout: float = 240.0) -> None:
+        """Build the tiny Z-Image graph in the page, queue it from the page, check the Report on the node."""
+        prefix = "real-run"
+        print(f"\n{prefix}: TinyZImageLoader -> Planner (balanced, {steps} steps) -> Apply -> KSampler -> Report")
+        self.page.js("document.querySelectorAll('.p-dialog-close-button').forEach((b) => b.click()); return true;")
+        empty = {"last_node_id": 0, "last_link_id": 0, "nodes": [], "links": [], "groups": [], "config": {},
+                 "extra": {}, "version": 0.4}  # fmt: skip
+        self.page.js(
+            f"await app.loadGraphData({json.dumps(empty)}, true, true, 'check-real-run',"
+            " {showMissingModelsDialog: false}); return true;"
+        )
+        ids = self.page.js(
+            f"""const add = (type, pos, values = {{}}) => {{
+              const n = LiteGraph.createNode(type);
+              if (!n) throw new Error(`createNode(${{type}}) failed`);
+              n.pos = pos; app.graph.add(n);
+              for (const [k, v] of Object.entries(values)) {{
+                const w = n.widgets.find((x) => x.name === k);
+                if (!w) throw new Error(`${{type}} has no widget ${{k}}`);
+                w.value = v; w.callback?.(v);
+              }}
+              return n;
+            }};
+            const link = (a, out, b, inp) => {{
+              const o = a.outputs.findIndex((s) => s.name === out || s.type === out);
+              const i = b.inputs.findIndex((s) => s.name === inp);
+              const what = `${{a.type}}.${{out}} (${{o}}) -> ${{b.type}}.${{inp}} (${{i}})`;
+              if (o < 0 || i < 0) throw new Error(`no slot: ${{what}}`);
+              if (!a.connect(o, b, i)) throw new Error(`connect failed: ${{what}}`);
+            }};
+            const loader = add('TinyZImageLoader', [20, 60], {{weight_seed: 0}});
+            const conds = add('TinyZImageConds', [20, 260]);
+            const latent = add('EmptySD3LatentImage', [20, 480], {{width: 64, height: 64, batch_size: 1}});
+            const planner = add('MeanCachePlanner', [340, 60]);
+            __mc.userSet(planner, 'preset', 'balanced');     // as a user edit: the extension applies the preset
+            __mc.userSet(planner, 'steps', {steps});
+            __mc.userSet(planner, 'scheduler', 'simple');
+            const apply = add('MeanCacheApply', [720, 60]);
+            const sampler = add('KSampler', [720, 260], {{seed: 0, control_after_generate: 'fixed', steps: {steps},
+              cfg: 1.0, sampler_name: 'euler', scheduler: 'simple', denoise: 1.0}});
+            const report = add('MeanCacheReport', [1080, 60]);
+            report.size = [480, 520];
+            link(loader, 'model', planner, 'model');
+            link(loader, 'model', apply, 'model');
+            link(loader, 'model', conds, 'model');
+            link(planner, 'schedule', apply, 'schedule');
+            link(apply, 'model', sampler, 'model');
+            link(conds, 'positive', sampler, 'positive');
+            link(conds, 'negative', sampler, 'negative');
+            link(latent, 'LATENT', sampler, 'latent_image');
+            link(sampler, 'LATENT', report, 'latent');
+            link(apply, 'stats', report, 'stats');
+            app.canvas.ds.scale = 0.7; app.canvas.ds.offset = [90, 90]; app.canvas.setDirty(true, true);
+            const w = __mc.state(planner).widgets;
+            return {{planner: planner.id, apply: apply.id, sampler: sampler.id, report: report.id,
+                    preset: w.preset.value, steps: w.steps.value}};"""
+        )
+        print(f"    graph built: {ids}")
+        self.check(
+            ids["preset"] == "balanced" and ids["steps"] == steps, f"{prefix}: planner on balanced, {steps} steps"
+        )
+        prompt = self.page.js("const p = await app.graphToPrompt(); return p.output;")
+        print(f"    prompt: {sorted((k, v['class_type']) for k, v in prompt.items())}")
+        self.check(len(prompt) == 7, f"{prefix}: the page's prompt has all 7 nodes ({len(prompt)})")
+        self.shot(f"{prefix}_graph")
+
+        started = time.time()
+        queued = self.page.js(
+            """const api = window.comfyAPI.api.api;
+            window.__mcRun = {events: []};
+            for (const t of ['execution_start', 'executed', 'execution_success', 'execution_error',
+                             'execution_interrupted', 'execution_cached']) {
+              api.addEventListener(t, (e) => {
+                window.__mcRun?.events.push([t, JSON.parse(JSON.stringify(e.detail ?? null))]);
+              });
+            }
+            const r = await app.queuePrompt(0);
+            return {result: r ?? null, nodeErrors: app.lastNodeErrors ?? null};""",
+            timeout_ms=120000,
+        )
+        node_errors = queued["nodeErrors"]
+        self.check(not node_errors, f"{prefix}: queued from the page without node errors {node_errors or ''}")
+        done = self.page.wait_for(
+            "__mcRun.events.find(([t]) => ['execution_success', 'execution_error',"
+            " 'execution_interrupted'].includes(t))",
+            timeout=timeout, what="the prompt to finish",
+        )  # fmt: skip
+        events = self.page.js("return __mcRun.events;")
+        print(f"    finished in {time.time() - started:.1f}s: {done[0]}; events {[e[0] for e in events]}")
+        errors = [e[1] for e in events if e[0] in ("execution_error", "execution_interrupted")]
+        for err in errors:
+            print(f"    error: {json.dumps(err)[:600]}")
+        self.check(done[0] == "execution_success" and not errors, f"{prefix}: the run succeeded (no node errored)")
+        prompt_id = next((e[1].get("prompt_id") for e in events if e[0] == "execution_start"), None)
+        history = http_json(f"{self.base_url}/history/{prompt_id}").get(prompt_id, {}) if prompt_id else {}
+        status = history.get("status", {})
+        self.check(
+            status.get("status_str") == "success" and status.get("completed") is True,
+            f"{prefix}: /history says {status.get('status_str')!r}, completed {status.get('completed')}",
+        )
+        ran = {e[1].get("node") for e in events if e[0] == "executed"}
+        for name in ("planner", "report"):
+            self.check(str(ids[name]) in ran, f"{prefix}: {name} #{ids[name]} sent its ui (executed)")
+        hist_images = history.get("outputs", {}).get(str(ids["report"]), {}).get("images", [])
+        self.check(bool(hist_images), f"{prefix}: /history has the Report's image {hist_images}")
+
+        report = ids["report"]
+        outputs = self.page.js(
+            f"""const o = app.nodeOutputs?.[String({report})] ?? app.nodeOutputs?.[{report}];
+            return o ? {{images: o.images ?? [], text: o.text ?? []}} : null;"""
+        )
+        print(f"    app.nodeOutputs[{report}]: {outputs}")
+        self.check(bool(outputs and outputs["images"]), f"{prefix}: app.nodeOutputs[{report}].images is not empty")
+        planner_out = self.page.js(f"return app.nodeOutputs?.[String({ids['planner']})]?.images ?? [];")
+        self.check(bool(planner_out), f"{prefix}: the Planner's plan chart is in app.nodeOutputs")
+        self.page.js(f"__mc.frame(__mc.node({report}), 0.9); return true;")
+        width = self.page.wait_for(
+            f"(() => {{ const n = __mc.node({report});"
+            " return n.imgs?.length && n.imgs[0].complete && n.imgs[0].naturalWidth; })()",
+            timeout=20, what="the Report image to load on the node",
+        )  # fmt: skip
+        src = self.page.js(f"return __mc.node({report}).imgs[0].src;")
+        name = hist_images[0]["filename"] if hist_images else "?"
+        self.check(
+            width > 0 and name in urllib.parse.unquote(src),
+            f"{prefix}: the Report node shows its chart {name} ({width}px wide, {src.split('?')[0][-40:]}...)",
+        )
+        texts = self.page.js(
+            f"""const n = __mc.node({report});
+            return (n.widgets ?? []).filter((w) => w.name === '$$node-text-preview').map((w) => w.value);"""
+        )
+        summary = "\n".join(str(t) for t in texts)
+        print("    report text: " + summary.replace("\n", "\n                 "))
+        self.check(f"{steps} steps ->" in summary, f"{prefix}: the Report's summary says '{steps} steps ->'")
+        self.check("uncached" not in summary.lower(), f"{prefix}: the Report does not say the run was uncached")
+        self.shot(f"{prefix}_report")
+        if server_log is None:
+            print("    note: no server log (--url): the [MeanCache] balanced: line is not checked")
+            return
+        lines = [ln for ln in server_log.read_text(errors="replace").splitlines() if "[MeanCache] balanced:" in ln]
+        for ln in lines:
+            print(f"    log: {ln.strip()[:200]}")
+        self.check(bool(lines), f"{prefix}: the server log has the '[MeanCache] balanced:' line")
+
     def console_problems(self) -> None:
         self.page.drain()
         problems, ours = [], []
@@ -691,6 +842,8 @@ def start_server(comfy: Path, python: Path, port: int, work: Path) -> subprocess
     nodes = work / "custom_nodes"
     nodes.mkdir(parents=True)
     (nodes / PACK_NAME).symlink_to(ROOT, target_is_directory=True)
+    (nodes / TINY_PACK_NAME).mkdir()
+    shutil.copyfile(Path(__file__).with_name("browser_tiny_nodes.py"), nodes / TINY_PACK_NAME / "__init__.py")
     (work / "extra_paths.yaml").write_text(f"meancache_browser_check:\n  custom_nodes: {nodes}\n")
     settings = work / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True)
@@ -854,6 +1007,11 @@ def main(argv: list[str] | None = None) -> int:
                 if node["type"] == "MeanCachePlanner":
                     checker.preset_changes(node["id"], path.stem)
                     break
+
+        if http_json(f"{base_url}/object_info/TinyZImageLoader"):
+            checker.real_run(None if args.url else work / "server.log")
+        else:
+            print("\nreal run skipped: this server has no TinyZImageLoader (scripts/browser_tiny_nodes.py)")
 
         if not args.no_vue:
             print("\nVue (Nodes 2.0) renderer")

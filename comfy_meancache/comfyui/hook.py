@@ -21,6 +21,8 @@ from __future__ import annotations
 import logging
 from collections import deque
 
+import torch
+
 from ..core.estimators import DEFAULT_ESTIMATOR
 from ..core.profile import TrajectoryRecorder
 from ..core.schedule import Schedule
@@ -94,10 +96,16 @@ class RunState:
         self.extra_evaluations = 0
         self._correctors_seen: set[int] = set()
 
-    def first_evaluation_step(self, sigma: float) -> int | None:
-        """The step whose first evaluation this is, or None for any other evaluation."""
-        step = _match(self.sigmas, sigma)
-        if step is None or step <= self.last_step or self.sigmas[step] == 0.0:
+    def first_evaluation_step(self, sigma: float, rtol: float = SIGMA_RTOL) -> int | None:
+        """The step whose first evaluation this is, or None for any other evaluation.
+
+        Steps are matched in order: the earliest step after the last one seen
+        whose sigma equals ``sigma`` within ``rtol``. Half-precision latents
+        carry their sigma rounded to the latent's dtype, where neighbouring
+        grid sigmas can round alike, so order decides between them.
+        """
+        step = _match(self.sigmas, sigma, self.last_step + 1, rtol)
+        if step is None or self.sigmas[step] == 0.0:
             self.extra_evaluations += 1
             return None
         if self.policy.corrector_first and step >= 1 and step not in self._correctors_seen:
@@ -119,12 +127,10 @@ def _every_step(sigmas: list[float], estimator: str) -> Schedule:
     return Schedule(sigmas, [True] * n, [0] * n, estimator, n)
 
 
-def _match(sigmas: list[float], sigma: float) -> int | None:
-    """Index of the step whose sigma equals ``sigma`` (relative tolerance), if any."""
-    best = min(range(len(sigmas) - 1), key=lambda i: abs(sigmas[i] - sigma), default=None)
-    if best is None or abs(sigmas[best] - sigma) > SIGMA_RTOL * max(abs(sigma), 1e-3):
-        return None
-    return best
+def _match(sigmas: list[float], sigma: float, start: int, rtol: float) -> int | None:
+    """The first step from ``start`` on whose sigma equals ``sigma`` within ``rtol``, if any."""
+    tolerance = rtol * max(abs(sigma), 1e-3)
+    return next((i for i in range(start, len(sigmas) - 1) if abs(sigmas[i] - sigma) <= tolerance), None)
 
 
 def _same_grid(a: tuple[float, ...], b: list[float]) -> bool:
@@ -178,7 +184,8 @@ def predict_noise_wrapper(executor, *args, **kwargs):
     run: RunState | None = model_options.get("transformer_options", {}).get(RUN_KEY)
     if run is None:
         return executor(*args, **kwargs)
-    step = run.first_evaluation_step(float(timestep.flatten()[0]))
+    rtol = max(SIGMA_RTOL, torch.finfo(timestep.dtype).eps) if timestep.is_floating_point() else SIGMA_RTOL
+    step = run.first_evaluation_step(float(timestep.flatten()[0]), rtol)
     if step is None:
         return executor(*args, **kwargs)
     sigma = run.sigmas[step]

@@ -169,3 +169,20 @@ def test_sigmas_no_schedule_can_follow_run_uncached_with_a_warning(zimage, caplo
         out = harness.sample_custom(counter.model, sigmas=rising, seed=1, add_noise=False)
     assert counter.count == 8 and torch.isfinite(out).all() and not holder.runs
     assert any("running this sampler uncached" in r.getMessage() for r in caplog.records)
+
+
+def test_bfloat16_latents_follow_the_plan(zimage):
+    """A bf16 latent makes the sampler carry sigma in bf16, where neighbouring grid sigmas can round alike;
+    steps must still be found in order and the skips must cost no more than they do in fp32."""
+    schedule = zimage_plan(zimage, steps=20, calls=8)
+    patched, holder = patched_with(zimage, schedule)
+    latent = {"samples": torch.zeros(1, 16, 16, 16, dtype=torch.bfloat16)}
+    cached, counter = counted(patched, seed=1, steps=20, cfg=1.0, latent=latent)
+    stats = holder.latest
+    assert stats.steps_run == 20 and counter.count == stats.model_calls == 8 and not stats.fallbacks
+    full = harness.sample(zimage, seed=1, steps=20, cfg=1.0, latent=latent)
+    full32 = harness.sample(zimage, seed=1, steps=20, cfg=1.0)
+    cached32 = harness.sample(patched_with(zimage, schedule)[0], seed=1, steps=20, cfg=1.0)
+    error = float((cached.float() - full.float()).norm() / full.float().norm())
+    error32 = float((cached32 - full32).norm() / full32.norm())
+    assert error < 2 * error32 + 0.01
