@@ -20,7 +20,7 @@ What it does (headless chromium, driven over the Chrome DevTools Protocol; stdli
      KSampler (12 steps, cfg 1, euler, simple) -> MeanCache Report in the page, queues it from the page
      (app.queuePrompt), waits for the run, and checks /history, the Report's image and text on the node
      and the server log's `[MeanCache] balanced:` line. The tiny model comes from a test-only node pack
-     (scripts/browser_tiny_nodes.py, copied into the temp custom_nodes; skipped with --url unless that
+     (tests/comfyui/browser_tiny_nodes.py, copied into the temp custom_nodes; skipped with --url unless that
      server has it).
   6. Repeats the preset change with the Vue ("Nodes 2.0") renderer and checks the DOM.
 Screenshots go to --out (default /tmp/meancache-browser). Exits 1 on any failure.
@@ -50,7 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACK_NAME = "comfy-meancache"
 NODE_TYPES = ("MeanCachePlanner", "MeanCacheApply", "MeanCacheReport", "MeanCacheCalibrate")
 EXTENSION_NAME = "comfy-meancache.presets"
-TINY_PACK_NAME = "meancache_browser_tiny"  # scripts/browser_tiny_nodes.py, installed as <this>/__init__.py
+TINY_PACK_NAME = "meancache_browser_tiny"  # TINY_PACK_SOURCE, installed as <this>/__init__.py
+TINY_PACK_SOURCE = Path(__file__).resolve().parents[1] / "tests" / "comfyui" / "browser_tiny_nodes.py"
 
 
 # ----------------------------------------------------------------------------- CDP over a stdlib WebSocket
@@ -843,7 +844,7 @@ def start_server(comfy: Path, python: Path, port: int, work: Path) -> subprocess
     nodes.mkdir(parents=True)
     (nodes / PACK_NAME).symlink_to(ROOT, target_is_directory=True)
     (nodes / TINY_PACK_NAME).mkdir()
-    shutil.copyfile(Path(__file__).with_name("browser_tiny_nodes.py"), nodes / TINY_PACK_NAME / "__init__.py")
+    shutil.copyfile(TINY_PACK_SOURCE, nodes / TINY_PACK_NAME / "__init__.py")
     (work / "extra_paths.yaml").write_text(f"meancache_browser_check:\n  custom_nodes: {nodes}\n")
     settings = work / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True)
@@ -1011,7 +1012,7 @@ def main(argv: list[str] | None = None) -> int:
         if http_json(f"{base_url}/object_info/TinyZImageLoader"):
             checker.real_run(None if args.url else work / "server.log")
         else:
-            print("\nreal run skipped: this server has no TinyZImageLoader (scripts/browser_tiny_nodes.py)")
+            print("\nreal run skipped: this server has no TinyZImageLoader (tests/comfyui/browser_tiny_nodes.py)")
 
         if not args.no_vue:
             print("\nVue (Nodes 2.0) renderer")

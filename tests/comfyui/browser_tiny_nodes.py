@@ -6,8 +6,9 @@ browser can queue a real Z-Image graph (loader -> MeanCache Planner/Apply -> KSa
 in seconds on a CPU without model files.
 
 ComfyUI cannot load a tiny Z-Image from a file (its detection only knows the full width), so
-TinyZImageLoader builds one the way tests/comfyui/harness.py::tiny_zimage does (logic copied,
-not imported): ``comfy.supported_models.ZImage`` with small dims, ``get_model({}, "")``, a
+TinyZImageLoader builds one the way harness.py::tiny_zimage does. The logic is repeated, not
+imported, because this file runs inside the ComfyUI server, where importing the harness would
+bootstrap a second ComfyUI import: ``comfy.supported_models.ZImage`` with small dims, ``get_model({}, "")``, a
 deterministic weight fill and a ``ModelPatcher`` like a checkpoint loader's MODEL.
 TinyZImageConds gives (positive, negative) CONDITIONING shaped like the Qwen3 encoder's output
 (harness.make_cond_pair: 12 and 7 tokens). Use EmptySD3LatentImage (16 channels) for the latent.
