@@ -35,7 +35,7 @@ export const MEANCACHE_PRESETS = Object.freeze({
       "gamma": 2.0,
       "warmup": 3,
       "max_gap": 8,
-      "estimator": "meancache"
+      "estimator": "meancache2"
     },
     "turbo": {
       "compute_steps": 0,
@@ -43,7 +43,7 @@ export const MEANCACHE_PRESETS = Object.freeze({
       "gamma": 2.0,
       "warmup": 3,
       "max_gap": 8,
-      "estimator": "meancache"
+      "estimator": "meancache2"
     }
   }
 });

@@ -31,11 +31,21 @@ from .costs import EdgeCosts, trajectory_costs
 
 @dataclass(frozen=True)
 class MixturePrior:
-    """Shape of the synthetic data set (defaults are a first guess until fitted to calibration runs)."""
+    """Shape of the synthetic data set.
+
+    The defaults are fitted by ``scripts/fit_prior.py``: over a grid of
+    components, dimension and spread, the mixture whose edge costs rank the
+    edges most like costs measured on real full-step runs (mean Spearman rho
+    of log costs, edges of gap 2..8, estimators meancache and meancache2).
+    Data: the embedded flow model at 50 steps, cfg 1 and 4, and four runs of
+    the integration tests' tiny Z-Image at 50 steps, cfg 4. Fitted rho 0.927
+    (embedded 0.94-0.99, tiny Z-Image 0.84-0.97); the earlier guess
+    (10 components, 64 dimensions, spread 0.3) had 0.846.
+    """
 
     components: int = 10
-    dim: int = 64
-    spread: float = 0.3
+    dim: int = 4
+    spread: float = 0.8
     trajectories: int = 32
     seed: int = 0
 
