@@ -87,11 +87,15 @@ def main() -> int:
     default = MixturePrior()
     print("mean Spearman rho of log edge costs (prior vs measured); columns:", [f"{d[0]} / {d[1]}" for d in data])
     for score, components, dim, spread, per in results[:8]:
-        print(f"  rho {score:.3f}  components {components:2d}  dim {dim:2d}  spread {spread:.1f}  "
-              + " ".join(f"{p:.2f}" for p in per))
+        print(
+            f"  rho {score:.3f}  components {components:2d}  dim {dim:2d}  spread {spread:.1f}  "
+            + " ".join(f"{p:.2f}" for p in per)
+        )
     current = next(r for r in results if r[1:4] == (default.components, default.dim, default.spread))
-    print(f"current default (components {default.components}, dim {default.dim}, spread {default.spread}): "
-          f"rho {current[0]:.3f}")
+    print(
+        f"current default (components {default.components}, dim {default.dim}, spread {default.spread}): "
+        f"rho {current[0]:.3f}"
+    )
     return 0
 
 
