@@ -27,3 +27,17 @@ def test_demo_writes_the_png(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "model calls 12 vs 30" in text and "PSNR vs full run" in text
     assert out.stat().st_size > 50_000
+
+
+def test_calibrate_then_plan_from_the_profile(tmp_path, capsys):
+    profile = tmp_path / "embedded.json"
+    assert main(["calibrate", "--profile", str(profile), "--steps", "20", "--seeds", "2"]) == 0
+    assert main(["calibrate", "--profile", str(profile), "--steps", "20", "--seeds", "2", "--first-seed", "2"]) == 0
+    assert json.loads(profile.read_text())["metadata"]["runs"] == 2
+    capsys.readouterr()
+    assert main(["plan", "--steps", "30", "--compute-steps", "12", "--profile", str(profile), "--json"]) == 0
+    schedule = json.loads(capsys.readouterr().out)
+    assert sum(schedule["compute"]) == 12
+    assert schedule["settings"]["cost_source"] == "profile embedded (2 runs, interpolated in sigma)"
+    assert main(["plan", "--profile", str(tmp_path / "missing.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
