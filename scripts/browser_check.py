@@ -845,6 +845,7 @@ def start_server(comfy: Path, python: Path, port: int, work: Path) -> subprocess
     (nodes / PACK_NAME).symlink_to(ROOT, target_is_directory=True)
     (nodes / TINY_PACK_NAME).mkdir()
     shutil.copyfile(TINY_PACK_SOURCE, nodes / TINY_PACK_NAME / "__init__.py")
+    shutil.copyfile(TINY_PACK_SOURCE.with_name("tiny_models.py"), nodes / TINY_PACK_NAME / "tiny_models.py")
     (work / "extra_paths.yaml").write_text(f"meancache_browser_check:\n  custom_nodes: {nodes}\n")
     settings = work / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True)
