@@ -19,7 +19,7 @@ def gap_costs(n, estimator):
     i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
     layers = n + 1 if estimator == "meancache2" else 3
     table = np.broadcast_to(np.where(j > i, (j - i) ** 2.0, np.inf), (layers, n, n)).copy()
-    return EdgeCosts(estimator, table, "test")
+    return EdgeCosts.from_dense(estimator, table, "test")
 
 
 def simple_schedule(n=10):
