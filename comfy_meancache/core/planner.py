@@ -23,7 +23,7 @@ import numpy as np
 from .costs import EdgeCosts
 from .estimators import DEFAULT_ESTIMATOR, ESTIMATORS
 from .prior import prior_costs
-from .schedule import Edge, PlannerSettings, Schedule, meancache2_spans
+from .schedule import Edge, PlannerSettings, Schedule, fewest_calls, meancache2_spans
 
 MAX_STEPS = 1000  # costs and the DP grow as N * G^2; beyond this a plan is refused, never an OOM
 
@@ -74,13 +74,6 @@ def plan(
         raise ValueError(f"costs were measured for {costs.estimator!r}, not {estimator!r}")
     schedule = plan_pssp(sigmas, costs, budget, replace(settings, cost_source=costs.source))
     return schedule.with_notes(*notes)
-
-
-def fewest_calls(n: int, settings: PlannerSettings) -> int:
-    """The fewest model calls ``n`` steps allow under the warm-up and max-gap limits."""
-    warm = min(max(settings.warmup, 1), n)
-    tail = n - warm
-    return warm + (-(-tail // settings.max_gap) if tail > 0 else 0)
 
 
 def plan_pssp(sigmas: list[float], costs: EdgeCosts, budget: int, settings: PlannerSettings) -> Schedule:
