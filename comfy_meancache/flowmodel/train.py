@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from torch import nn
 
 from .model import FlowModelConfig, TinyDiT
 
@@ -79,7 +80,7 @@ def lr_at(step: int, steps: int, base: float, warmup: int) -> float:
 
 
 @torch.no_grad()
-def eval_loss(net: TinyDiT, x0: torch.Tensor, y: torch.Tensor, seed: int = 1234) -> float:
+def eval_loss(net: nn.Module, x0: torch.Tensor, y: torch.Tensor, seed: int = 1234) -> float:
     """Deterministic loss on the whole set over a fixed grid of 8 sigmas
     (conditional labels), for reporting a number that is not batch noise."""
     g = torch.Generator().manual_seed(seed)
@@ -93,7 +94,7 @@ def eval_loss(net: TinyDiT, x0: torch.Tensor, y: torch.Tensor, seed: int = 1234)
     return total / len(grid)
 
 
-def _reexec_with_passive_omp_wait() -> None:
+def _reexec_with_passive_omp_wait(module: str = __spec__.name) -> None:
     """Restart once with ``OMP_WAIT_POLICY=PASSIVE`` (read only at OpenMP
     start-up, and torch is already imported by the package at this point).
 
@@ -106,7 +107,7 @@ def _reexec_with_passive_omp_wait() -> None:
     if "OMP_WAIT_POLICY" in os.environ:
         return
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    os.execv(sys.executable, [sys.executable, "-m", __spec__.name, *sys.argv[1:]])
+    os.execv(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -150,7 +151,6 @@ def train(args: argparse.Namespace) -> None:
     t_start = time.perf_counter()
 
     x_all, y_all = load_digits_16()
-    n = x_all.shape[0]
     cfg = FlowModelConfig(
         patch_size=args.patch_size,
         dim=args.dim,
@@ -160,12 +160,30 @@ def train(args: argparse.Namespace) -> None:
         head_channels=args.head_channels,
     )
     net = TinyDiT(cfg)
-    ema = TinyDiT(cfg)
+    print(
+        f"params={sum(p.numel() for p in net.parameters())} data={tuple(x_all.shape)} cfg={cfg.to_dict()}", flush=True
+    )
+    ema, train_loss = fit_flow(net, TinyDiT(cfg), x_all, y_all, cfg.num_classes, args, gen, t_start)
+    save_trained(ema, x_all, y_all, cfg.to_dict(), args, train_loss, t_start)
+
+
+def fit_flow(
+    net: nn.Module,
+    ema: nn.Module,
+    x_all: torch.Tensor,
+    y_all: torch.Tensor,
+    null_label: int,
+    args: argparse.Namespace,
+    gen: torch.Generator,
+    t_start: float,
+) -> tuple[nn.Module, float]:
+    """Rectified-flow training loop shared by every embedded model (digits and
+    the zoo), so they all learn under the same objective, sigma mix, label
+    dropout, schedule and EMA. ``ema`` is a second instance of ``net``'s class;
+    returns it (EMA weights) and the mean loss of the last 200 steps."""
     ema.load_state_dict(net.state_dict())
     ema.requires_grad_(False)
-    n_params = sum(p.numel() for p in net.parameters())
-    print(f"params={n_params} data={tuple(x_all.shape)} cfg={cfg.to_dict()}", flush=True)
-
+    n = x_all.shape[0]
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0, fused=True)
     perm, pos = torch.randperm(n, generator=gen), 0
     recent: list[float] = []
@@ -175,11 +193,11 @@ def train(args: argparse.Namespace) -> None:
         idx = perm[pos : pos + args.batch]
         pos += args.batch
         x0, y = x_all[idx], y_all[idx].clone()
-        y[torch.rand(len(y), generator=gen) < NULL_DROP_P] = cfg.num_classes
+        y[torch.rand(len(y), generator=gen) < NULL_DROP_P] = null_label
 
         sigma = sample_sigmas(len(idx), gen)
         eps = torch.randn(x0.shape, generator=gen)
-        s = sigma.view(-1, 1, 1, 1)
+        s = sigma.view(-1, *([1] * (x0.ndim - 1)))
         xs = s * eps + (1 - s) * x0
         loss = F.mse_loss(net(xs, sigma, y), eps - x0)
 
@@ -198,21 +216,36 @@ def train(args: argparse.Namespace) -> None:
         if step % 200 == 0 or step == args.steps - 1:
             el = time.perf_counter() - t_start
             print(f"step {step:5d} loss(avg200) {sum(recent) / len(recent):.4f} {el:6.1f}s", flush=True)
+    return ema, sum(recent) / len(recent)
 
-    train_loss = sum(recent) / len(recent)
+
+def save_trained(
+    ema: nn.Module,
+    x_all: torch.Tensor,
+    y_all: torch.Tensor,
+    config: dict,
+    args: argparse.Namespace,
+    train_loss: float,
+    t_start: float,
+    extra: dict | None = None,
+) -> None:
+    """Evaluate the EMA weights and write them as fp16 safetensors with the
+    architecture ``config`` and the training record in the metadata (the
+    loaders read both from there, so nothing is hard-coded twice)."""
     ema_eval = None if args.no_eval else eval_loss(ema, x_all, y_all)
     wall = time.perf_counter() - t_start
     eval_txt = "skipped" if ema_eval is None else f"{ema_eval:.4f}"
     print(
-        f"final train loss (mean of last {len(recent)} steps) {train_loss:.4f}; "
+        f"final train loss (mean of the last <= 200 steps) {train_loss:.4f}; "
         f"EMA eval loss {eval_txt}; wall {wall:.1f}s",
         flush=True,
     )
 
     meta = {
-        "config": json.dumps(cfg.to_dict()),
+        "config": json.dumps(config),
         "training": json.dumps(
             {
+                **(extra or {}),
                 "seed": args.seed,
                 "steps": args.steps,
                 "batch": args.batch,
