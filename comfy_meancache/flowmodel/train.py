@@ -221,18 +221,19 @@ def fit_flow(
 
 def save_trained(
     ema: nn.Module,
-    x_all: torch.Tensor,
-    y_all: torch.Tensor,
+    x_eval: torch.Tensor,
+    y_eval: torch.Tensor,
     config: dict,
     args: argparse.Namespace,
     train_loss: float,
     t_start: float,
     extra: dict | None = None,
 ) -> None:
-    """Evaluate the EMA weights and write them as fp16 safetensors with the
-    architecture ``config`` and the training record in the metadata (the
-    loaders read both from there, so nothing is hard-coded twice)."""
-    ema_eval = None if args.no_eval else eval_loss(ema, x_all, y_all)
+    """Evaluate the EMA weights on ``x_eval`` (:func:`eval_loss`) and write
+    them as fp16 safetensors with the architecture ``config`` and the training
+    record in the metadata (the loaders read both from there, so nothing is
+    hard-coded twice)."""
+    ema_eval = None if args.no_eval else eval_loss(ema, x_eval, y_eval)
     wall = time.perf_counter() - t_start
     eval_txt = "skipped" if ema_eval is None else f"{ema_eval:.4f}"
     print(
