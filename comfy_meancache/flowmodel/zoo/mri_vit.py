@@ -9,7 +9,7 @@ from the digits model's 4 and 4, and the data are smooth grey-level anatomy
 instead of strokes.
 
 Data: matplotlib's bundled sagittal MRI slice ``s1045.ima.gz`` (256x256
-big-endian uint16), 2x average-pooled to 128x128, 24x24 crops at stride 2
+big-endian uint16), 4x average-pooled to 64x64, 24x24 crops at stride 1
 that contain some tissue (mean above 5 % of the slice maximum), mirrored
 left-right; each scaled by the slice maximum to [-1, 1]. Class = vertical
 third of the slice the crop centre lies in (0 top: cortex, 1 middle,
@@ -32,7 +32,8 @@ from .common import SigmaClassEmbed, ZooConfig, crops, sample_data_file
 
 __all__ = ["MriViTConfig", "MriViT", "load_mri_crops", "decode"]
 
-CROP_STRIDE = 2
+DOWNSCALE = 4  # 64x64: a crop spans a third of the head, so its class shows
+CROP_STRIDE = 1
 TISSUE_MIN = 0.05
 
 
@@ -112,7 +113,7 @@ def load_mri_crops() -> tuple[Tensor, Tensor]:
     MRI file installed with matplotlib."""
     with gzip.open(sample_data_file("s1045.ima.gz")) as f:
         raw = np.frombuffer(f.read(), dtype=">u2").reshape(256, 256).astype(np.float32)
-    img = F.avg_pool2d(torch.from_numpy(raw)[None, None], 2)[0]
+    img = F.avg_pool2d(torch.from_numpy(raw)[None, None], DOWNSCALE)[0]
     img = img / img.max() * 2 - 1
     size = MriViTConfig.image_size
     c = crops(img, size, CROP_STRIDE)
