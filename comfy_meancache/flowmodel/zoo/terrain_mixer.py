@@ -1,9 +1,10 @@
 """``terrain-latent``: an MLP-Mixer on 4-channel 8x8 "latents" of elevation maps.
 
-Why this one: the zoo's latent-like member. Like an image VAE latent it has
-more channels than spatial extent (4 x 8 x 8), and the network mixes
-positions with fixed-size MLPs over the token axis instead of attention or
-convolution, so its velocity field has yet another inductive bias.
+Why this one: the zoo's latent-like member. Like an image VAE latent it is
+several channels at reduced resolution (4 x 8 x 8 for a 16x16 map, so the
+channels are correlated), and the network mixes positions with fixed-size
+MLPs over the token axis instead of attention or convolution, so its
+velocity field has yet another inductive bias.
 
 Data: matplotlib's bundled digital elevation maps ``topobathy.npz`` (coast
 and sea floor) and ``jacksboro_fault_dem.npz`` (a fault zone), 16x16 patches
