@@ -5,6 +5,7 @@ module-scoped fixtures and each test adds as few as it can.
 """
 
 import ast
+from dataclasses import replace
 import importlib.util
 import subprocess
 import sys
@@ -146,6 +147,17 @@ def test_summary_text(schedule10):
     assert "computed steps (run): 4, 6, 9" in text
     plan_only = summary_text(schedule10, None)
     assert schedule10.summary() in plan_only and "plan only" in plan_only
+
+
+def test_title_gives_the_speedup_over_every_model_evaluation(schedule10, clean10):
+    assert chart.title_text(schedule10, clean10)[0] == "MeanCache run: 1.67x model-call speedup (6 calls for 10 steps)"
+    heun = replace(clean10, extra_evaluations=9)  # a corrector per step but the last always calls the model
+    assert chart.title_text(schedule10, heun)[0] == (
+        "MeanCache run: 1.27x model-call speedup (15 calls for 10 steps + 9 extra evaluations)"
+    )
+    assert summary_text(schedule10, heun).splitlines()[1].startswith(
+        "run: 10 steps + 9 extra evaluations -> 15 model calls (19 uncached, 1.27x), 4 skipped, "
+    )
 
 
 def test_cost_labels():
