@@ -117,8 +117,7 @@ class RunState:
 
     def finish(self) -> RunStats:
         stats = self.stepper.finish()
-        if self.extra_evaluations:
-            stats.notes.append(f"{self.extra_evaluations} extra sampler evaluations computed ({self.policy.name})")
+        stats.extra_evaluations = self.extra_evaluations
         return stats
 
 

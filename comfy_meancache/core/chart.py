@@ -363,28 +363,35 @@ def _bars(
 # --- text ---------------------------------------------------------------------------------------------
 
 
-def _title(fig: Figure, schedule: Schedule, stats: RunStats | None) -> None:
-    """Headline: the achieved (or planned) call reduction; below it estimator, cost source and run facts."""
+def title_text(schedule: Schedule, stats: RunStats | None) -> tuple[str, str]:
+    """Headline and sub-line: the achieved (or planned) call reduction; estimator, cost source, run facts.
+
+    The run's speedup counts every model evaluation, so a sampler's extra
+    evaluations (Heun correctors, dpm_2 midpoints) are in it and named.
+    """
     if stats is None:
         head = (
             f"MeanCache plan: {_plural(schedule.steps, 'step')} -> "
             f"{_plural(schedule.model_calls, 'model call')} ({schedule.speedup:.2f}x speedup)"
         )
-        sub = _plan_details(schedule)
-    else:
-        ran = _plural(stats.steps_run, "step")
-        if stats.steps_run < schedule.steps:  # a partial run: say how much of the plan it covered
-            ran = f"{stats.steps_run} of {_plural(schedule.steps, 'step')}"
-        head = (
-            f"MeanCache run: {stats.speedup:.2f}x model-call speedup ({_plural(stats.model_calls, 'call')} for {ran})"
-        )
-        sub = (
-            f"planned {_plural(schedule.model_calls, 'call')} for {_plural(schedule.steps, 'step')} "
-            f"({schedule.speedup:.2f}x); estimator {schedule.estimator}; costs {schedule.settings.cost_source}; "
-            f"wall {_fmt_seconds(stats.wall_s)}"
-        )
-        count = len(stats.fallbacks)
-        sub += f"; {_plural(count, 'fallback')}" if count else "; no fallbacks"
+        return head, _plan_details(schedule)
+    ran = _plural(stats.steps_run, "step")
+    if stats.steps_run < schedule.steps:  # a partial run: say how much of the plan it covered
+        ran = f"{stats.steps_run} of {_plural(schedule.steps, 'step')}"
+    if stats.extra_evaluations:
+        ran += f" + {stats.extra_evaluations} extra evaluations"
+    head = f"MeanCache run: {stats.speedup:.2f}x model-call speedup ({_plural(stats.evaluations, 'call')} for {ran})"
+    sub = (
+        f"planned {_plural(schedule.model_calls, 'call')} for {_plural(schedule.steps, 'step')} "
+        f"({schedule.speedup:.2f}x); estimator {schedule.estimator}; costs {schedule.settings.cost_source}; "
+        f"wall {_fmt_seconds(stats.wall_s)}"
+    )
+    count = len(stats.fallbacks)
+    return head, sub + (f"; {_plural(count, 'fallback')}" if count else "; no fallbacks")
+
+
+def _title(fig: Figure, schedule: Schedule, stats: RunStats | None) -> None:
+    head, sub = title_text(schedule, stats)
     fig.text(_LEFT, 0.972, _clip(head, 95), fontsize=15, fontweight="bold", color=TEXT, va="top")
     fig.text(_LEFT, 0.925, _clip(sub, 150), fontsize=10.5, color=TEXT, va="top")
 
