@@ -176,7 +176,9 @@ class Stepper:
         # one reduction, no copy; NaN and inf survive a sum. Resolved only when a skip reads it.
         self._finite[step] = torch.isfinite(velocity.sum(dtype=torch.float32))
         if self.cache_device is not None:
-            velocity = velocity.to(self.cache_device, non_blocking=True)
+            # blocking: the host reads this copy (estimates, finiteness); a non_blocking
+            # device-to-host copy may still be in flight then, and nothing else syncs first
+            velocity = velocity.to(self.cache_device)
         self._velocities[step] = velocity
         self._computed.append(step)
         del self._computed[:-2]
@@ -190,7 +192,11 @@ class Stepper:
         self._prune(step)
         if self.debug:
             self.stats.notes.append(f"step {step}: weights {weights}, |v| {float(velocity.abs().mean()):.4g}")
-        return velocity.to(self._meta[2], non_blocking=True) if self.cache_device is not None else velocity
+        if self.cache_device is None:
+            return velocity
+        # host to device may overlap with the host: the stepper never writes this estimate in
+        # place, and a copy from pageable memory is staged before the call returns
+        return velocity.to(self._meta[2], non_blocking=True)
 
     def finish(self) -> RunStats:
         """Free all tensors and return the statistics of the run."""

@@ -152,7 +152,7 @@ def test_summary_counts_the_samplers_extra_evaluations():
 
 
 class ToCalls(TorchFunctionMode):
-    """Records the arguments of every ``Tensor.to`` call."""
+    """Records the arguments of every ``Tensor.to`` call to a device (dtype casts left out)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -160,7 +160,7 @@ class ToCalls(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is torch.Tensor.to:
+        if func is torch.Tensor.to and any(isinstance(a, torch.device) for a in args[1:]):
             self.calls.append((args[1:], kwargs))
         return func(*args, **kwargs)
 
