@@ -5,10 +5,10 @@ module-scoped fixtures and each test adds as few as it can.
 """
 
 import ast
-from dataclasses import replace
 import importlib.util
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -155,8 +155,10 @@ def test_title_gives_the_speedup_over_every_model_evaluation(schedule10, clean10
     assert chart.title_text(schedule10, heun)[0] == (
         "MeanCache run: 1.27x model-call speedup (15 calls for 10 steps + 9 extra evaluations)"
     )
-    assert summary_text(schedule10, heun).splitlines()[1].startswith(
-        "run: 10 steps + 9 extra evaluations -> 15 model calls (19 uncached, 1.27x), 4 skipped, "
+    assert (
+        summary_text(schedule10, heun)
+        .splitlines()[1]
+        .startswith("run: 10 steps + 9 extra evaluations -> 15 model calls (19 uncached, 1.27x), 4 skipped, ")
     )
 
 

@@ -205,7 +205,6 @@ def test_runs_of_any_shape_share_one_profile_and_keep_their_shapes(tmp_path):
     np.testing.assert_array_equal(loaded.costs(sigmas, "reuse").table, np.mean(per_run, axis=0))
 
 
-
 def fail_half_way(monkeypatch, part: str) -> None:
     """Make the save of ``part`` write half its bytes and then fail, as on a full disk."""
     if part == "tensors":
