@@ -39,8 +39,30 @@ SIGMA_RTOL = 1e-5
 KEPT_RUNS = 16
 
 
+class RunHistory:
+    """What the MEANCACHE_STATS socket carries: the finished runs of one MeanCache patch.
+
+    Owned by that patch's :class:`MeanCacheHolder`; MeanCache Report reads
+    only this. ``node`` and ``label`` name the patch in the Report and the log;
+    ``calibration_name`` is the profile a Calibrate patch adds runs to.
+    """
+
+    def __init__(
+        self, node: str, label: str, plan: Schedule | None = None, calibration_name: str | None = None
+    ) -> None:
+        self.node = node
+        self.label = label
+        self.plan = plan
+        self.calibration_name = calibration_name
+        self.runs: deque[RunStats] = deque(maxlen=KEPT_RUNS)
+
+    @property
+    def latest(self) -> RunStats | None:
+        return self.runs[-1] if self.runs else None
+
+
 class MeanCacheHolder:
-    """What MeanCache Apply (or Calibrate) attaches to a model: plan, options and finished runs.
+    """What MeanCache Apply (or Calibrate) attaches to a model: plan, options and the run history.
 
     It survives ``ModelPatcher.clone()`` deep copies by later nodes (LoRA
     loaders, model-sampling patches) by being its own deep copy, so the stats
@@ -57,18 +79,14 @@ class MeanCacheHolder:
         cache_device: str | None = None,
     ) -> None:
         self.schedule = schedule
-        self.label = label
         self.debug = debug
         self.calibration = calibration
         self.cache_device = cache_device
-        self.runs: deque[RunStats] = deque(maxlen=KEPT_RUNS)
+        node = "MeanCache Apply" if calibration is None else "MeanCache Calibrate"
+        self.history = RunHistory(node, label, schedule, calibration.name if calibration is not None else None)
 
     def __deepcopy__(self, memo: dict) -> MeanCacheHolder:
         return self
-
-    @property
-    def latest(self) -> RunStats | None:
-        return self.runs[-1] if self.runs else None
 
 
 class RunState:
@@ -156,7 +174,7 @@ def outer_sample_wrapper(executor, *args, **kwargs):
         try:
             run = RunState(holder, [float(s) for s in sigmas.tolist()], sampler_policy(sampler))
         except ValueError as exc:  # sigmas no schedule can follow (rising, a single one): sample plainly
-            log.warning("[MeanCache] %s: running this sampler uncached: %s", holder.label, exc)
+            log.warning("[MeanCache] %s: running this sampler uncached: %s", holder.history.label, exc)
             return executor(*args, **kwargs)
         guider.model_options["transformer_options"][RUN_KEY] = run
         for note in run.stepper.stats.notes:
@@ -173,7 +191,7 @@ def outer_sample_wrapper(executor, *args, **kwargs):
                 stats.notes.append("the run stopped early (interrupted or failed)")
             if output is not None and run.recorder is not None:
                 _calibrate(holder.calibration, run, stats, guider)
-            holder.runs.append(stats)
+            holder.history.runs.append(stats)
             _log_run(holder, stats)
 
 
@@ -228,7 +246,7 @@ def _clone_options(model_options: dict) -> dict:
 
 
 def _log_run(holder: MeanCacheHolder, stats: RunStats) -> None:
-    log.info("[MeanCache] %s: %s", holder.label, stats.summary())
+    log.info("[MeanCache] %s: %s", holder.history.label, stats.summary())
     for record in stats.fallbacks:
         log.info("[MeanCache] step %d computed although planned to skip: %s", record.step, record.reason)
     if holder.debug:

@@ -21,11 +21,11 @@ from ..core.presets import CUSTOM, DEFAULT_PRESET, PRESET_NAMES, PRESETS
 from ..core.schedule import PlannerSettings, Schedule
 from ..core.stepper import RunStats
 from .calibration import Calibration, load_profile, saved_profiles
-from .hook import MeanCacheHolder, attach
+from .hook import MeanCacheHolder, RunHistory, attach
 
 CATEGORY = "sampling/meancache"
 ScheduleType = io.Custom("MEANCACHE_SCHEDULE")
-StatsType = io.Custom("MEANCACHE_STATS")
+StatsType = io.Custom("MEANCACHE_STATS")  # carries a RunHistory; the type name is kept for saved workflows
 PRIOR, OFFICIAL = "prior", "official-zimage-50"
 MODEL_DEVICE = "model device"
 BUILT_IN_SOURCES = (PRIOR, OFFICIAL)
@@ -231,7 +231,7 @@ class MeanCacheApply(io.ComfyNode):
             raise ValueError(f"cache_device: {cache_device!r} is not one of {MODEL_DEVICE!r}, 'cpu'")
         device = None if cache_device == MODEL_DEVICE else cache_device
         holder = MeanCacheHolder(schedule, schedule.settings.preset, debug, cache_device=device)
-        return io.NodeOutput(attach(model, holder), holder)
+        return io.NodeOutput(attach(model, holder), holder.history)
 
 
 class MeanCacheCalibrate(io.ComfyNode):
@@ -267,7 +267,7 @@ class MeanCacheCalibrate(io.ComfyNode):
         except ValueError as exc:
             raise ValueError(f"profile_name: {exc}") from exc
         holder = MeanCacheHolder(None, f"calibrate {calibration.name}", calibration=calibration)
-        return io.NodeOutput(attach(model, holder), holder)
+        return io.NodeOutput(attach(model, holder), holder.history)
 
 
 class MeanCacheReport(io.ComfyNode):
@@ -305,13 +305,13 @@ class MeanCacheReport(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, latent: dict, stats: MeanCacheHolder | None = None, images=None, schedule: Schedule | None = None):
-        if stats is not None and not isinstance(stats, MeanCacheHolder):
+    def execute(cls, latent: dict, stats: RunHistory | None = None, images=None, schedule: Schedule | None = None):
+        if stats is not None and not isinstance(stats, RunHistory):
             raise ValueError(f"stats: expected MeanCache stats from MeanCache Apply, got {type(stats).__name__}")
         if stats is None:
             text = "No MeanCache stats connected (MeanCache Apply bypassed?): the sampler ran uncached."
             chart = plan_chart(schedule) if schedule is not None else plan_chart(_placeholder())
-        elif stats.calibration is not None:
+        elif stats.calibration_name is not None:
             chart, text = _calibration_report(stats, _run_for(stats, latent))
         else:
             chart, text = _run_report(stats, latent, schedule)
@@ -319,14 +319,14 @@ class MeanCacheReport(io.ComfyNode):
         return io.NodeOutput(chart, text, ui=_preview(chart, cls, text))
 
 
-def _run_report(holder: MeanCacheHolder, latent: dict, schedule: Schedule | None) -> tuple[torch.Tensor, str]:
-    matched = _matching_run(holder, latent)
-    run = matched or holder.latest
-    shown = run.schedule if run is not None else schedule or holder.schedule
+def _run_report(history: RunHistory, latent: dict, schedule: Schedule | None) -> tuple[torch.Tensor, str]:
+    matched = _matching_run(history, latent)
+    run = matched or history.latest
+    shown = run.schedule if run is not None else schedule or history.plan
     text = summary_text(shown, run)
     if run is None:
-        return run_chart(shown, None), "No sampling run has used this MeanCache Apply yet.\n" + text
-    where = f"run {list(holder.runs).index(run) + 1} of the {len(holder.runs)} kept for this MeanCache Apply"
+        return run_chart(shown, None), f"No sampling run has used this {history.node} yet.\n" + text
+    where = f"run {list(history.runs).index(run) + 1} of the {len(history.runs)} kept for this {history.node}"
     if matched is None:
         where += " (the latent matched none of them; showing the newest)"
     return run_chart(shown, run), f"{where}\n{text}"
@@ -348,9 +348,9 @@ def _plan_from_source(grid: list[float], source: str, estimator: str, settings: 
     return plan(grid, estimator=estimator, settings=settings, costs=costs, **budget)
 
 
-def _calibration_report(holder: MeanCacheHolder, run: RunStats | None) -> tuple[torch.Tensor, str]:
+def _calibration_report(history: RunHistory, run: RunStats | None) -> tuple[torch.Tensor, str]:
     """Heat map of the profile's edge costs on the last run's sigmas, and what the profile holds."""
-    name = holder.calibration.name
+    name = history.calibration_name
     try:
         profile = load_profile(name)
     except ValueError as exc:
@@ -385,16 +385,16 @@ def _planning_sigmas(model, steps: int, scheduler: str, denoise: float, sigmas: 
     return [float(s) for s in grid[-(steps + 1) :].tolist()]
 
 
-def _run_for(holder: MeanCacheHolder, latent: dict) -> RunStats | None:
+def _run_for(history: RunHistory, latent: dict) -> RunStats | None:
     """The run whose output is ``latent`` (newest first), else the newest run."""
-    return _matching_run(holder, latent) or holder.latest
+    return _matching_run(history, latent) or history.latest
 
 
-def _matching_run(holder: MeanCacheHolder, latent: dict) -> RunStats | None:
+def _matching_run(history: RunHistory, latent: dict) -> RunStats | None:
     samples = latent.get("samples") if isinstance(latent, dict) else None
     if not isinstance(samples, torch.Tensor):
         return None
-    return next((run for run in reversed(holder.runs) if run.matches(samples)), None)
+    return next((run for run in reversed(history.runs) if run.matches(samples)), None)
 
 
 def _preview(image: torch.Tensor, cls, text: str) -> dict:
