@@ -45,6 +45,8 @@ class RunHistory:
     Owned by that patch's :class:`MeanCacheHolder`; MeanCache Report reads
     only this. ``node`` and ``label`` name the patch in the Report and the log;
     ``calibration_name`` is the profile a Calibrate patch adds runs to.
+    ``replaced_by`` is set when a later MeanCache node patched a model that
+    carried this patch: sampling that model runs only the newer patch.
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class RunHistory:
         self.plan = plan
         self.calibration_name = calibration_name
         self.runs: deque[RunStats] = deque(maxlen=KEPT_RUNS)
+        self.replaced_by: str | None = None
 
     @property
     def latest(self) -> RunStats | None:
@@ -257,11 +260,31 @@ def _log_run(holder: MeanCacheHolder, stats: RunStats) -> None:
 
 
 def attach(model, holder: MeanCacheHolder):
-    """A clone of ``model`` (a ModelPatcher) that samples under ``holder``."""
-    import comfy.patcher_extension
+    """A clone of ``model`` (a ModelPatcher) that samples under ``holder``.
+
+    A MeanCache patch already on ``model`` (Apply -> Apply, Calibrate -> Apply,
+    ...) is replaced, with one warning: stacked wrappers under one key would
+    each start a run and the Report would show the empty one, or calibration
+    would silently record nothing. The earlier holder's history is told, so
+    its Report says why it has no run instead of showing none.
+    """
+    from comfy.patcher_extension import WrappersMP
 
     patched = model.clone()
-    patched.model_options.setdefault("transformer_options", {})[HOLDER_KEY] = holder
-    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample_wrapper)
-    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, WRAPPER_KEY, predict_noise_wrapper)
+    options = patched.model_options.setdefault("transformer_options", {})
+    earlier = options.get(HOLDER_KEY)
+    if earlier is not None:
+        earlier.history.replaced_by = holder.history.node
+        log.warning(
+            "[MeanCache] %s replaces the earlier %s patch on this model; only the newer runs",
+            holder.history.node,
+            earlier.history.node,
+        )
+    options[HOLDER_KEY] = holder
+    for wrapper_type, wrapper in (
+        (WrappersMP.OUTER_SAMPLE, outer_sample_wrapper),
+        (WrappersMP.PREDICT_NOISE, predict_noise_wrapper),
+    ):
+        patched.remove_wrappers_with_key(wrapper_type, WRAPPER_KEY)  # the clone's own list: ``model`` keeps its patch
+        patched.add_wrapper_with_key(wrapper_type, WRAPPER_KEY, wrapper)
     return patched

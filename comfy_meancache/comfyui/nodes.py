@@ -325,7 +325,7 @@ def _run_report(history: RunHistory, latent: dict, schedule: Schedule | None) ->
     shown = run.schedule if run is not None else schedule or history.plan
     text = summary_text(shown, run)
     if run is None:
-        return run_chart(shown, None), f"No sampling run has used this {history.node} yet.\n" + text
+        return run_chart(shown, None), f"{_unused(history)}\n{text}"
     where = f"run {list(history.runs).index(run) + 1} of the {len(history.runs)} kept for this {history.node}"
     if matched is None:
         where += " (the latent matched none of them; showing the newest)"
@@ -351,17 +351,28 @@ def _plan_from_source(grid: list[float], source: str, estimator: str, settings: 
 def _calibration_report(history: RunHistory, run: RunStats | None) -> tuple[torch.Tensor, str]:
     """Heat map of the profile's edge costs on the last run's sigmas, and what the profile holds."""
     name = history.calibration_name
+    unused = "" if run else f"{_unused(history)}\n"
     try:
         profile = load_profile(name)
     except ValueError as exc:
-        text = f"Calibration profile {name!r}: nothing recorded yet ({exc})"
+        text = f"{unused}Calibration profile {name!r}: nothing recorded yet ({exc})"
         return run_chart(run.schedule, run) if run else plan_chart(_placeholder()), text
     sigmas = list(profile.runs[-1].sigmas)
     costs = profile.costs(sigmas, DEFAULT_ESTIMATOR)
     title = f"Profile {name}: {len(profile.runs)} runs, {len(sigmas) - 1} steps ({DEFAULT_ESTIMATOR} costs)"
     meta = ", ".join(f"{k} {v}" for k, v in profile.metadata.items() if k not in ("per_run",))
     notes = "\n".join(run.notes) if run else ""
-    return cost_heatmap(costs, _DEFAULTS.max_span, title), f"{title}\n{meta}\n{notes}".strip()
+    return cost_heatmap(costs, _DEFAULTS.max_span, title), f"{unused}{title}\n{meta}\n{notes}".strip()
+
+
+def _unused(history: RunHistory) -> str:
+    """Why a Report has no run to show: nothing sampled yet, or a later MeanCache patch replaced this one."""
+    if history.replaced_by:
+        return (
+            f"No sampling run has used this {history.node}: a later {history.replaced_by} replaced it on the model, "
+            "so the runs are in that node's Report."
+        )
+    return f"No sampling run has used this {history.node} yet."
 
 
 def _placeholder() -> Schedule:
