@@ -109,11 +109,7 @@ class Profile:
     runs: list[Trajectory] = field(default_factory=list)
 
     def add(self, run: Trajectory) -> None:
-        if self.runs and run.velocities.shape[1:] != self.runs[0].velocities.shape[1:]:
-            raise ValueError(
-                f"profile {self.name!r} holds runs of shape {tuple(self.runs[0].velocities.shape[1:])}; "
-                f"this run has {tuple(run.velocities.shape[1:])} (use another profile name per latent size)"
-            )
+        """Keep ``run``; any latent shape and batch size, as costs are per-element means of each run."""
         if len(self.runs) >= MAX_RUNS:
             raise ValueError(f"profile {self.name!r} already holds {MAX_RUNS} runs")
         self.runs.append(run)
