@@ -644,6 +644,9 @@ class ComfyExecutor:
 
     def run(self, prompt: dict, *, validate: bool = True, keep_outputs: bool = True) -> RunResult:
         """Validate and execute ``prompt`` (API format) as one queue item."""
+        # The server parses each queued prompt afresh; the executor writes into it (each node's
+        # fingerprint_inputs result), so re-running one dict would reuse stale fingerprints.
+        prompt = copy.deepcopy(prompt)
         prompt_id = uuid.uuid4().hex
         outputs = (
             self.validate(prompt, prompt_id)
