@@ -20,7 +20,7 @@ from ..core.planner import fewest_calls, plan
 from ..core.presets import CUSTOM, DEFAULT_PRESET, PRESET_NAMES, PRESETS
 from ..core.schedule import PlannerSettings, Schedule
 from ..core.stepper import RunStats
-from .calibration import Calibration, load_profile, saved_profiles
+from .calibration import Calibration, load_profile, profile_stamp, saved_profiles
 from .hook import MeanCacheHolder, RunHistory, attach
 
 CATEGORY = "sampling/meancache"
@@ -157,6 +157,16 @@ class MeanCachePlanner(io.ComfyNode):
                 "Calibrate with that profile name first, or choose prior"
             )
         return True
+
+    @classmethod
+    def fingerprint_inputs(cls, cost_source: str | None = None, **kwargs) -> tuple:
+        """Re-plan when the chosen profile changes on disk (a new calibration run), though no input changed.
+
+        Built-in sources never change, so they give a constant and the Planner stays cached.
+        """
+        if cost_source is None or cost_source in BUILT_IN_SOURCES:
+            return ()
+        return profile_stamp(cost_source)
 
     @classmethod
     def execute(
