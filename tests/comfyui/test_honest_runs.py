@@ -8,6 +8,7 @@ calibration runs of other resolutions or batch sizes.
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import harness
@@ -100,6 +101,33 @@ def test_apply_then_calibrate_records_every_step(zimage, user_dir, caplog):
         "[MeanCache] MeanCache Calibrate replaces the earlier MeanCache Apply patch on this model; only the newer runs"
     ]
     assert report_text(calibration_runs, latent).startswith("Profile stacked: 1 runs")
+
+
+def test_the_stats_socket_carries_the_run_history_the_holder_owns(zimage, user_dir):
+    patched, runs = apply(zimage, 12)
+    holder = patched.model_options["transformer_options"][HOLDER_KEY]
+    later = patched.clone()  # a LoRA loader after Apply deep-copies model_options
+    assert isinstance(runs, RunHistory) and holder.history is runs
+    assert copy.deepcopy(holder) is holder and later.model_options["transformer_options"][HOLDER_KEY] is holder
+    assert (runs.node, runs.label, runs.calibration_name, runs.plan) == (
+        "MeanCache Apply",
+        "custom",
+        None,
+        holder.schedule,
+    )
+    calibration_runs = calibrate(zimage, "named")[1]
+    assert (
+        calibration_runs.node,
+        calibration_runs.label,
+        calibration_runs.calibration_name,
+        calibration_runs.plan,
+    ) == (
+        "MeanCache Calibrate",
+        "calibrate named",
+        "named",
+        None,
+    )
+    assert [o.io_type for o in MeanCacheApply.GET_SCHEMA().outputs] == ["MODEL", "MEANCACHE_STATS"]
 
 
 @pytest.mark.parametrize("sampler", ["heun", "dpm_2"])
