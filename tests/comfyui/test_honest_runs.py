@@ -159,5 +159,5 @@ def test_one_profile_holds_runs_of_any_resolution_and_batch(zimage, user_dir):
     # 24x24 latents keep every 2nd pixel: at most 4096 elements per batch item
     assert [tuple(run.states.shape[1:]) for run in profile.runs] == [(1, 16, 16, 16), (1, 16, 12, 12), (2, 16, 16, 16)]
     grid = profile.runs[0].sigmas
-    per_run = [trajectory_costs(grid, r.velocities, r.states, "meancache2").table for r in profile.runs]
-    np.testing.assert_array_equal(profile.costs(grid, "meancache2").table, np.mean(per_run, axis=0))
+    per_run = [trajectory_costs(grid, r.velocities, r.states, "meancache2").band for r in profile.runs]
+    np.testing.assert_array_equal(profile.costs(grid, "meancache2").band, np.mean(per_run, axis=0))
