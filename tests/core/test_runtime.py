@@ -61,7 +61,11 @@ def test_heun_correctors_are_computed_and_counted():
     sample_heun(cached, noise(), torch.tensor(SIGMAS, dtype=torch.float64))
     stats = cached.stats
     assert field.calls == 10 + (STEPS - 1) and stats.model_calls == 10 and stats.steps_run == STEPS
-    assert any(f"{STEPS - 1} extra sampler evaluations" in note for note in stats.notes)
+    assert (stats.extra_evaluations, stats.evaluations, stats.uncached_evaluations) == (
+        STEPS - 1,
+        field.calls,
+        2 * STEPS - 1,
+    )
 
 
 def test_steps_are_matched_in_order_by_sigma():
