@@ -121,7 +121,7 @@ def summary_text(schedule: Schedule, stats: RunStats | None) -> str:
     if notes:
         lines.append("notes:")
         lines += [f"  {n}" for n in _truncate_list(notes, 20)]
-    edges = [_edge_label(e.start, e.end, e.span, e.cost) for e in schedule.edges]
+    edges = [_edge_label(e.start, e.end, e.span, e.cost, e.estimator) for e in schedule.edges]
     lines += _wrapped("edges (predicted cost): ", _truncate_list(edges, 24))
     lines += _wrapped("computed steps (plan): ", [str(i) for i in schedule.computed_steps])
     if stats is not None:
@@ -457,8 +457,9 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _edge_label(start: int, end: int, span: int, cost: float | None) -> str:
-    return f"{start}->{end} K={span} {_fmt_cost(cost if _finite(cost) else None)}"
+def _edge_label(start: int, end: int, span: int, cost: float | None, estimator: str = "") -> str:
+    used = f" {estimator}" if estimator else ""
+    return f"{start}->{end}{used} K={span} {_fmt_cost(cost if _finite(cost) else None)}"
 
 
 def _fmt_cost(cost: float | None) -> str:

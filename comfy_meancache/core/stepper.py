@@ -126,7 +126,7 @@ class Stepper:
         self.debug = debug
         self.cache_device = torch.device(cache_device) if cache_device is not None else None
         self.stats = RunStats(schedule)
-        self._window = schedule.max_lookback if schedule.estimator == "meancache" else 1
+        self._window = schedule.history_window
         self._velocities: dict[int, torch.Tensor] = {}
         self._finite: dict[int, torch.Tensor | bool] = {}
         self._computed: list[int] = []
@@ -186,7 +186,7 @@ class Stepper:
     def _weights(self, step: int) -> dict[int, float]:
         computed = self._computed[-2:]
         return estimator_weights(
-            self.schedule.estimator, self.schedule.sigmas, step, self.schedule.span[step], computed
+            self.schedule.estimator_at(step), self.schedule.sigmas, step, self.schedule.span[step], computed
         )
 
     def _missing_history(self, step: int) -> str:

@@ -82,7 +82,7 @@ def test_history_stays_bounded():
         return curved_velocity(x, sigma)
 
     sample_euler(velocity, torch.zeros(1, 2, 4, 4), sigmas, stepper)
-    assert peak <= schedule.max_lookback + 2
+    assert peak <= schedule.history_window + 2
 
 
 def test_planned_skip_without_history_is_computed_with_a_reason():
