@@ -71,7 +71,7 @@ def main() -> int:
     data = []
     for label, run in measured_runs(args):
         for estimator in ESTIMATORS:
-            table = trajectory_costs(run.sigmas, run.velocities, run.states, estimator).table
+            table = trajectory_costs(run.sigmas, run.velocities, run.states, estimator).band
             data.append((label, estimator, run.sigmas, table))
     results = []
     for components, dim, spread in itertools.product(*GRID.values()):
@@ -79,7 +79,7 @@ def main() -> int:
         scores = []
         for _, estimator, sigmas, measured in data:
             v, x = mixture_trajectories(sigmas, prior)
-            predicted = trajectory_costs(sigmas, v, x, estimator).table
+            predicted = trajectory_costs(sigmas, v, x, estimator).band
             mask = skipping_edges(measured) & skipping_edges(predicted)
             scores.append(spearman(np.log(predicted[mask]), np.log(measured[mask])))
         results.append((float(np.mean(scores)), components, dim, spread, scores))

@@ -2,8 +2,9 @@
 
 Two wrappers, registered with ``ModelPatcher.add_wrapper_with_key``:
 
-* OUTER_SAMPLE, once per sampling call: reads the run's sigmas, remaps the
-  schedule when they differ from the planned grid, starts a fresh
+* OUTER_SAMPLE, once per sampling call: reads the run's sigmas, follows the
+  plan on them (its slice of the plan for a fragment of the planned grid, a
+  new plan from the same cost source for other sigmas), starts a fresh
   :class:`RunState` and, in ``finally``, frees it and publishes the run's
   statistics, so interrupts and errors leave nothing behind.
 * PREDICT_NOISE, once per sampler evaluation: the guided prediction, covering
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from dataclasses import replace
 
 import torch
 
@@ -28,6 +30,7 @@ from ..core.profile import TrajectoryRecorder
 from ..core.schedule import Schedule
 from ..core.stepper import Action, RunStats, Stepper, fingerprint
 from .calibration import Calibration
+from .planning import replan
 from .sampler_policy import SamplerPolicy, sampler_policy
 
 log = logging.getLogger("comfy_meancache")
@@ -133,16 +136,26 @@ def _match(sigmas: list[float], sigma: float, start: int, rtol: float) -> int | 
     return next((i for i in range(start, len(sigmas) - 1) if abs(sigmas[i] - sigma) <= tolerance), None)
 
 
-def _same_grid(a: tuple[float, ...], b: list[float]) -> bool:
-    return len(a) == len(b) and all(abs(x - y) <= SIGMA_RTOL * max(abs(y), 1e-3) for x, y in zip(a, b))
-
-
 def _schedule_for(schedule: Schedule, sigmas: list[float]) -> tuple[Schedule, list[str]]:
-    """The schedule on this run's sigmas: as planned, or remapped by sigma with a note."""
-    if _same_grid(schedule.sigmas, sigmas):
-        return schedule, []
-    remapped = schedule.remap(sigmas)
-    return remapped, [remapped.notes[-1]]
+    """The plan on this run's sigmas, with notes saying how it was derived.
+
+    The planned grid runs as planned; a contiguous part of it (KSamplerAdvanced
+    start/end, SplitSigmas, a two-model split) runs its slice of the plan;
+    any other grid (another step count, denoise, scheduler) is planned again
+    from the same cost source. Only if that fails is the plan remapped by sigma.
+    """
+    start = schedule.fragment_start(sigmas, SIGMA_RTOL)
+    if start is not None and len(sigmas) == len(schedule.sigmas):
+        return (schedule if sigmas[-1] == schedule.sigmas[-1] else replace(schedule, sigmas=sigmas)), []
+    if start is not None:
+        part = schedule.fragment(start, sigmas)
+        return part, list(part.notes[len(schedule.notes) :])
+    try:
+        planned = replan(schedule, sigmas)
+    except (OSError, ValueError) as exc:
+        remapped = schedule.remap(sigmas)
+        return remapped, [f"could not re-plan ({exc}); {remapped.notes[-1]}"]
+    return planned, [planned.notes[-1]]
 
 
 def outer_sample_wrapper(executor, *args, **kwargs):

@@ -16,20 +16,18 @@ from comfy_api.latest import ComfyExtension, io, ui
 
 from ..core.chart import cost_heatmap, fragments_summary, plan_chart, run_chart, summary_text
 from ..core.estimators import DEFAULT_ESTIMATOR, ESTIMATORS
-from ..core.official import official_plan
-from ..core.planner import fewest_calls, plan
+from ..core.planner import MAX_STEPS
 from ..core.presets import CUSTOM, DEFAULT_PRESET, PRESET_NAMES, PRESETS
 from ..core.schedule import PlannerSettings, Schedule
 from ..core.stepper import RunStats
 from .calibration import Calibration, load_profile, saved_profiles
 from .hook import MeanCacheHolder, attach
+from .planning import BUILT_IN_SOURCES, PRIOR, plan_from_source
 
 CATEGORY = "sampling/meancache"
 ScheduleType = io.Custom("MEANCACHE_SCHEDULE")
 StatsType = io.Custom("MEANCACHE_STATS")
-PRIOR, OFFICIAL = "prior", "official-zimage-50"
 MODEL_DEVICE = "model device"
-BUILT_IN_SOURCES = (PRIOR, OFFICIAL)
 _DEFAULTS = PlannerSettings()
 #: Live Apply holders, so the Report can join the fragments of one plan sampled by several models (Wan 2.2).
 _APPLIED: weakref.WeakSet[MeanCacheHolder] = weakref.WeakSet()
@@ -59,7 +57,7 @@ class MeanCachePlanner(io.ComfyNode):
                     + ". "
                     "custom uses the settings below.",
                 ),
-                io.Int.Input("steps", default=40, min=1, max=10000, tooltip="Same steps as your KSampler."),
+                io.Int.Input("steps", default=40, min=1, max=MAX_STEPS, tooltip="Same steps as your KSampler."),
                 io.Combo.Input(
                     "scheduler",
                     options=list(comfy.samplers.SCHEDULER_NAMES),
@@ -143,8 +141,8 @@ class MeanCachePlanner(io.ComfyNode):
         """
         if preset is not None and preset not in PRESET_NAMES:
             return f"preset: {preset!r} is not one of {', '.join(PRESET_NAMES)}"
-        if steps is not None and steps < 1:
-            return f"steps: must be >= 1, got {steps}"
+        if steps is not None and not 1 <= steps <= MAX_STEPS:
+            return f"steps: must be 1..{MAX_STEPS} (MeanCache plans at most {MAX_STEPS} steps), got {steps}"
         if compute_steps is not None and compute_steps < 0:
             return f"compute_steps: must be >= 0, got {compute_steps}"
         if compute_steps and preset is not None and preset != CUSTOM:
@@ -189,7 +187,7 @@ class MeanCachePlanner(io.ComfyNode):
         else:
             raise ValueError(f"preset: unknown preset {preset!r}; choose one of {', '.join(PRESET_NAMES)}")
         try:
-            schedule = _plan_from_source(grid, cost_source, estimator, settings, budget)
+            schedule = plan_from_source(grid, cost_source, estimator, settings, budget)
         except ValueError as exc:
             raise ValueError(f"MeanCache Planner: {exc}") from exc
         chart = plan_chart(schedule)
@@ -337,22 +335,6 @@ def _run_report(holder: MeanCacheHolder, latent: dict, schedule: Schedule | None
     plan_runs = [r for h in [*siblings, holder] for r in h.runs]
     fragments = fragments_summary(holder.schedule, run, plan_runs)
     return run_chart(shown, run), "\n".join(line for line in (where, fragments, text) if line)
-
-
-def _plan_from_source(grid: list[float], source: str, estimator: str, settings: PlannerSettings, budget: dict):
-    """Plan ``grid`` from the chosen cost source: the prior, the official lists or a saved profile."""
-    if source == OFFICIAL:
-        n = len(grid) - 1
-        calls = budget.get("compute_steps") or max(fewest_calls(n, settings), round(n / budget["speedup"]))
-        return official_plan(grid, calls)
-    costs = None
-    if source != PRIOR:
-        if source not in saved_profiles():
-            raise ValueError(
-                f"cost_source: no profile named {source!r} (saved: {', '.join(saved_profiles()) or 'none'})"
-            )
-        costs = load_profile(source).costs(grid, estimator, settings.max_span, settings.max_gap)
-    return plan(grid, estimator=estimator, settings=settings, costs=costs, **budget)
 
 
 def _calibration_report(holder: MeanCacheHolder, run: RunStats | None) -> tuple[torch.Tensor, str]:

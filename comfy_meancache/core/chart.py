@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -72,8 +73,8 @@ def run_chart(schedule: Schedule, stats: RunStats | None) -> torch.Tensor:
 
 def cost_heatmap(costs: EdgeCosts, max_span: int, title: str) -> torch.Tensor:
     """Edge costs ``C[i, j]`` (best span, log colour scale) as an image: where skipping is cheap."""
-    table = costs.table if costs.pair_state else costs.table[:max_span]
-    best = np.where(np.isfinite(table), table, np.inf).min(axis=0)
+    shown_costs = costs if costs.pair_state else replace(costs, band=costs.band[:max_span])
+    best = shown_costs.best_per_edge()
     best[~np.isfinite(best) | (best <= 0)] = np.nan  # undefined edges; chains cost nothing
     fig = Figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI, facecolor="white")
     ax = fig.add_axes((0.08, 0.1, 0.7, 0.78))

@@ -12,7 +12,9 @@ in steps ``i+1 .. j-1`` (true history up to ``i``, its own estimates after):
   fewer steps at 5x where the state deviation won by about 9 dB.
 
 Chain edges (``j = i + 1``) cost 0. Costs are means over every element of every
-run, so adding runs averages them.
+run, so adding runs averages them. Only edges up to the max gap exist, so a
+table is a band of ``N * (G + 1)`` entries per layer, never ``N * N``: planning
+1000 steps stays in megabytes.
 """
 
 from __future__ import annotations
@@ -23,35 +25,83 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .estimators import combine, estimator_weights
+from .estimators import estimator_weights
 
 COST_METRICS = ("state", "avg_velocity")
 PAIR_STATE_ESTIMATORS = ("meancache2",)
+_ROWS_PER_BLOCK = 256  # edge starts swept together: bounds memory on long grids
 
 
 @dataclass(frozen=True)
 class EdgeCosts:
-    """Predicted edge costs of one estimator on one sigma grid.
+    """Predicted edge costs of one estimator on one sigma grid, stored as a band.
 
-    ``table`` has shape ``[L, N, N]``. For single-state estimators ``L`` is the
-    number of spans and ``table[K - 1, i, j]`` is the cost of edge ``i -> j``
-    with span ``K``. For pair-state estimators ``table[r + 1, a, b]`` is the
-    cost of edge ``a -> b`` when ``r`` is the computed step before ``a``
-    (``table[0]``: no step before). Chain edges (``j = i + 1``) cost nothing
-    whatever the table says; undefined edges are ``inf``.
+    ``band`` has shape ``[L, N, G + 1]`` and ``band[layer, i, d]`` is the cost
+    of edge ``i -> i + d`` (``d = 0`` unused). For single-state estimators the
+    layer is the span minus one. For pair-state estimators it is the distance
+    back from ``i`` to the computed step before it (``0``: none, only at step
+    0). Chain edges cost nothing whatever the band says; undefined edges are
+    ``inf``.
     """
 
     estimator: str
-    table: np.ndarray
+    band: np.ndarray
     source: str
 
     @property
     def steps(self) -> int:
-        return self.table.shape[1]
+        return self.band.shape[1]
+
+    @property
+    def max_gap(self) -> int:
+        return self.band.shape[2] - 1
 
     @property
     def pair_state(self) -> bool:
         return self.estimator in PAIR_STATE_ESTIMATORS
+
+    def best_per_edge(self) -> np.ndarray:
+        """``[N, N]`` cheapest cost of each edge over all layers (``inf`` where undefined), for display."""
+        n = self.steps
+        best = np.full((n, n), np.inf)
+        lowest = np.where(np.isnan(self.band), np.inf, self.band).min(axis=0)
+        for d in range(1, self.max_gap + 1):
+            best[np.arange(n - d), np.arange(d, n)] = lowest[: n - d, d]
+        return best
+
+    @classmethod
+    def from_dense(cls, estimator: str, table: np.ndarray, source: str) -> EdgeCosts:
+        """Costs given as a full ``[L, N, N]`` table (``table[layer, i, j]``), every gap kept.
+
+        The pair-state dense layout indexes layers by the previous computed
+        step ``r`` as ``r + 1`` (``0``: none), as tests and small examples write it.
+        """
+        layers, n = table.shape[0], table.shape[1]
+        pair = estimator in PAIR_STATE_ESTIMATORS
+        band = np.full((n if pair else layers, n, n), np.inf)
+        for i in range(n):
+            for d in range(1, n - i):
+                if not pair:
+                    band[:, i, d] = table[:, i, i + d]
+                    continue
+                band[0, i, d] = table[0, i, i + d]
+                for back in range(1, i + 1):
+                    band[back, i, d] = table[i - back + 1, i, i + d]
+        return cls(estimator, band, source)
+
+    def dense(self) -> np.ndarray:
+        """The full table in :meth:`from_dense`'s layout (small grids only: ``N^2`` per layer)."""
+        n = self.steps
+        out = np.full((n + 1 if self.pair_state else self.band.shape[0], n, n), np.inf)
+        for i in range(n):
+            for d in range(1, min(self.max_gap, n - 1 - i) + 1):
+                if not self.pair_state:
+                    out[:, i, i + d] = self.band[:, i, d]
+                    continue
+                out[0, i, i + d] = self.band[0, i, d]
+                for back in range(1, min(i, self.band.shape[0] - 1) + 1):
+                    out[i - back + 1, i, i + d] = self.band[back, i, d]
+        return out
 
 
 def euler_states(sigmas: Sequence[float], x0: torch.Tensor, velocities: torch.Tensor) -> torch.Tensor:
@@ -72,7 +122,7 @@ def trajectory_costs(
     metric: str = "state",
     source: str = "calibration",
 ) -> EdgeCosts:
-    """Edge-cost table of ``estimator`` from full-step runs.
+    """Edge costs of ``estimator`` from full-step runs.
 
     ``velocities`` is ``[N, ...]`` (the velocity used at each step) and
     ``states`` ``[N + 1, ...]`` (the state before each step, then the final
@@ -86,46 +136,67 @@ def trajectory_costs(
         )
     if metric not in COST_METRICS:
         raise ValueError(f"unknown cost metric {metric!r}; choose one of {', '.join(COST_METRICS)}")
+    gap = max(1, min(max_gap, n - 1))
     if estimator in PAIR_STATE_ESTIMATORS:
-        layers = [(-1, 1)] + [(r, 1) for r in range(n)]  # (previous computed step, span)
+        layers = [(back, 1) for back in range(gap + 1)]  # (distance to the previous computed step, span)
     else:
         layers = [(None, k) for k in range(1, (max_span if estimator == "meancache" else 1) + 1)]
-    table = np.full((len(layers), n, n), np.inf)
-    for layer, (prev, span) in enumerate(layers):
-        for i in range(n):
-            if prev is not None and prev >= 0 and not 0 < i - prev <= max_gap:
-                continue
-            if prev == -1 and i != 0:
-                continue
-            computed = [i] if prev is None or prev < 0 else [prev, i]
-            _sweep(table[layer, i], sigmas, velocities, states, estimator, i, span, computed, max_gap, metric)
-    return EdgeCosts(estimator=estimator, table=table, source=source)
+    band = np.full((len(layers), n, gap + 1), np.inf)
+    for layer, (back, span) in enumerate(layers):
+        if back == 0:
+            starts = [0]
+        else:
+            starts = list(range(back or 0, n - 1))
+        for block in range(0, len(starts), _ROWS_PER_BLOCK):
+            rows = starts[block : block + _ROWS_PER_BLOCK]
+            band[layer, rows] = _sweep(sigmas, velocities, states, estimator, rows, span, back, gap, metric)
+    return EdgeCosts(estimator=estimator, band=band, source=source)
 
 
 def _sweep(
-    row: np.ndarray,
     sigmas: list[float],
     velocities: torch.Tensor,
     states: torch.Tensor,
     estimator: str,
-    i: int,
+    starts: list[int],
     span: int,
-    computed: list[int],
-    max_gap: int,
+    back: int | None,
+    gap: int,
     metric: str,
-) -> None:
-    """Fill ``row[j]`` for all edges ``i -> j`` by estimating steps ``i+1, i+2, ...`` once."""
+) -> np.ndarray:
+    """Costs ``[len(starts), gap + 1]`` of the edges from ``starts``, estimating their steps together.
+
+    Each start ``i`` runs the estimator over ``i+1, i+2, ...`` on its own history
+    (true velocities up to ``i``, its own estimates after); the estimates are
+    combined for all starts at once with per-start weights over step offsets.
+    """
     n = len(sigmas) - 1
-    last = min(i + max_gap, n - 1)
-    if last <= i:
-        return
-    row[i + 1] = 0.0
-    used = {m: velocities[m] for m in [*range(max(0, i - span), i + 1), *computed]}
-    x = states[i] + (sigmas[i + 1] - sigmas[i]) * velocities[i]
-    for m in range(i + 1, last):
-        used[m] = combine(estimator_weights(estimator, sigmas, m, span, computed), used)
-        x = x + (sigmas[m + 1] - sigmas[m]) * used[m]
-        deviation = float((x - states[m + 1]).abs().mean())
+    lookback = max(span, back or 0)
+    start = torch.tensor(starts)
+    trail = (1,) * (velocities.dim() - 1)
+    used = [velocities[(start + off).clamp(0, n - 1)] for off in range(-lookback, 1)]  # offsets -lookback..0
+    step = torch.tensor([sigmas[i + 1] - sigmas[i] for i in range(n)], dtype=velocities.dtype)
+    x = states[start] + step[start].view(-1, *trail) * used[-1]
+    out = np.full((len(starts), gap + 1), np.inf)
+    out[:, 1] = 0.0
+    for k in range(1, gap):
+        m = start + k  # the step estimated now; its end state is compared
+        live = [r for r, i in enumerate(starts) if i + k < n - 1]
+        if not live:
+            break
+        weights = np.zeros((len(starts), lookback + k))
+        for r in live:
+            i = starts[r]
+            computed = [i] if back is None or back == 0 else [i - back, i]
+            for absolute, w in estimator_weights(estimator, sigmas, i + k, span, computed).items():
+                weights[r, absolute - i + lookback] += w
+        w = torch.from_numpy(weights).to(velocities.dtype)
+        estimate = sum(w[:, o].view(-1, *trail) * used[o] for o in range(lookback + k) if weights[:, o].any())
+        used.append(estimate)
+        x = x + step[m.clamp(max=n - 1)].view(-1, *trail) * estimate
+        deviation = (x - states[(m + 1).clamp(max=n)]).abs().flatten(1).mean(1).double().numpy()
         if metric == "avg_velocity":
-            deviation /= abs(sigmas[m + 1] - sigmas[i]) or 1.0
-        row[m + 1] = deviation
+            length = np.abs([sigmas[min(i + k + 1, n)] - sigmas[i] for i in starts])
+            deviation = deviation / np.where(length > 0, length, 1.0)
+        out[live, k + 1] = deviation[live]
+    return out

@@ -15,6 +15,7 @@ import torch
 from .schedule import PlannerSettings, Schedule
 from .sigmas import time_snr_shift
 
+OFFICIAL_SOURCE = "official-zimage-50"
 OFFICIAL_STEPS = 50
 OFFICIAL_SHIFT = 6.0
 
@@ -66,7 +67,7 @@ def official_schedule(budget: int) -> Schedule:
         span,
         "meancache",
         budget,
-        PlannerSettings(warmup=0, max_gap=8, max_span=5, cost_source="official-zimage-50"),
+        PlannerSettings(warmup=0, max_gap=8, max_span=5, cost_source=OFFICIAL_SOURCE, cost_key=OFFICIAL_SOURCE),
         notes=(f"official Z-Image list B={budget} (derived on diffusers' shift-6 grid)",),
     )
 

@@ -23,7 +23,9 @@ import numpy as np
 from .costs import EdgeCosts
 from .estimators import DEFAULT_ESTIMATOR, ESTIMATORS
 from .prior import prior_costs
-from .schedule import Edge, PlannerSettings, Schedule, meancache2_spans
+from .schedule import Edge, PlannerSettings, Schedule, fewest_calls, meancache2_spans
+
+MAX_STEPS = 1000  # costs and the DP grow as N * G^2; beyond this a plan is refused, never an OOM
 
 
 def plan(
@@ -46,6 +48,8 @@ def plan(
     n = len(sigmas) - 1
     if n < 1:
         raise ValueError("a schedule needs at least 2 sigmas")
+    if n > MAX_STEPS:
+        raise ValueError(f"{n} steps: MeanCache plans at most {MAX_STEPS} steps; sample fewer steps")
     notes: list[str] = []
     if (compute_steps is None) == (speedup is None):
         raise ValueError("give exactly one of compute steps or speedup")
@@ -72,13 +76,6 @@ def plan(
     return schedule.with_notes(*notes)
 
 
-def fewest_calls(n: int, settings: PlannerSettings) -> int:
-    """The fewest model calls ``n`` steps allow under the warm-up and max-gap limits."""
-    warm = min(max(settings.warmup, 1), n)
-    tail = n - warm
-    return warm + (-(-tail // settings.max_gap) if tail > 0 else 0)
-
-
 def plan_pssp(sigmas: list[float], costs: EdgeCosts, budget: int, settings: PlannerSettings) -> Schedule:
     """The optimal schedule for ``budget`` model calls under ``costs``."""
     n = len(sigmas) - 1
@@ -88,9 +85,9 @@ def plan_pssp(sigmas: list[float], costs: EdgeCosts, budget: int, settings: Plan
     if budget >= n:
         nodes = list(range(n))
     elif costs.pair_state:
-        nodes = _pair_state_path(_pair_transitions(costs.table, settings), n, budget)
+        nodes = _pair_state_path(_pair_transitions(costs.band, settings), n, budget)
     else:
-        nodes = _single_state_path(_edge_matrix(costs.table, settings)[0], n, budget)
+        nodes = _single_state_path(_edge_band(costs.band, settings)[0], n, budget)
     return _schedule_from_path(sigmas, nodes, costs, budget, settings)
 
 
@@ -111,31 +108,27 @@ def _check_budget(n: int, budget: int, settings: PlannerSettings) -> None:
         )
 
 
-def _valid_edges(n: int, settings: PlannerSettings) -> np.ndarray:
-    """Boolean ``[N, N]``: edges within max gap that skip no warm-up step."""
-    i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
-    gap = j - i
-    return (gap >= 1) & (gap <= settings.max_gap) & ((gap == 1) | (i >= settings.warmup - 1))
-
-
-def _powered(costs: np.ndarray, settings: PlannerSettings) -> np.ndarray:
+def _powered(band: np.ndarray, settings: PlannerSettings) -> np.ndarray:
     """``(C / max C) ** gamma`` on valid edges, 0 on chains, inf elsewhere.
 
-    ``costs`` is ``[..., N, N]``; dividing by the largest finite cost keeps the
-    argmin and keeps large ``gamma`` clear of under- and overflow.
+    ``band`` is ``[L, N, G + 1]`` (see :class:`EdgeCosts`). Valid edges stay
+    within the max gap and skip no warm-up step. Dividing by the largest finite
+    cost keeps the argmin and keeps large ``gamma`` clear of under- and overflow.
     """
-    n = costs.shape[-1]
-    valid = _valid_edges(n, settings)
-    chain = np.eye(n, k=1, dtype=bool)
-    out = np.where(valid & ~chain & ~np.isnan(costs), np.maximum(costs, 0.0), np.inf)
+    n, width = band.shape[1], band.shape[2]
+    i, d = np.arange(n)[:, None], np.arange(width)[None, :]
+    inside = (d >= 1) & (i + d < n)
+    valid = inside & (d <= settings.max_gap) & ((d == 1) | (i >= settings.warmup - 1))
+    chain = inside & (d == 1)
+    out = np.where(valid & ~chain & ~np.isnan(band), np.maximum(band, 0.0), np.inf)
     finite = out[np.isfinite(out)]
     scale = finite.max() if finite.size and finite.max() > 0 else 1.0
     return np.where(chain, 0.0, (out / scale) ** settings.gamma)
 
 
-def _edge_matrix(table: np.ndarray, settings: PlannerSettings) -> tuple[np.ndarray, np.ndarray]:
-    """Best-span powered cost ``[N, N]`` and that span, for single-state estimators."""
-    powered = _powered(table[: settings.max_span], settings)
+def _edge_band(band: np.ndarray, settings: PlannerSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Best-span powered cost ``[N, G + 1]`` and that span, for single-state estimators."""
+    powered = _powered(band[: settings.max_span], settings)
     best = np.argmin(powered, axis=0)
     return np.take_along_axis(powered, best[None], axis=0)[0], best + 1
 
@@ -143,20 +136,19 @@ def _edge_matrix(table: np.ndarray, settings: PlannerSettings) -> tuple[np.ndarr
 def _single_state_path(cost: np.ndarray, n: int, budget: int) -> list[int]:
     """Exact DP: ``f[m, j]`` = cheapest path ``0 -> j`` through ``m + 1`` nodes."""
     f = np.full((budget, n), np.inf)
-    parent = np.zeros((budget, n), dtype=np.int64)
+    parent = np.zeros((budget, n), dtype=np.int16)
     f[0, 0] = 0.0
-    reach = max(d for d in range(1, n) if np.isfinite(np.diagonal(cost, offset=d)).any())
+    reach = max(d for d in range(1, cost.shape[1]) if np.isfinite(cost[: n - d, d]).any())
     for m in range(1, budget):
         for d in range(1, reach + 1):
-            diag = np.diagonal(cost, offset=d)
-            cand = f[m - 1, : n - d] + diag
+            cand = f[m - 1, : n - d] + cost[: n - d, d]
             better = cand < f[m, d:]
             f[m, d:][better] = cand[better]
             parent[m, d:][better] = d
     m = _fewest_nodes_at_min(f[:, n - 1])
     nodes, j = [n - 1], n - 1
     while m > 0:
-        j -= parent[m, j]
+        j -= int(parent[m, j])
         m -= 1
         nodes.append(j)
     return nodes[::-1]
@@ -168,31 +160,24 @@ def _fewest_nodes_at_min(final: np.ndarray) -> int:
     return int(np.flatnonzero(final == final.min())[0])
 
 
-def _pair_transitions(table: np.ndarray, settings: PlannerSettings) -> np.ndarray:
-    """Powered cost ``T[b, d1, d2]`` of edge ``b -> b + d2`` after ``b - d1 -> b`` (``d1 = 0``: none).
-
-    Distances stop at the max gap, which keeps the table ``N * G^2`` instead of ``N^3``.
-    """
-    n = table.shape[1]
-    powered = _powered(table, settings)
-    gaps = min(n, settings.max_gap + 1)
+def _pair_transitions(band: np.ndarray, settings: PlannerSettings) -> np.ndarray:
+    """Powered cost ``T[b, d1, d2]`` of edge ``b -> b + d2`` after ``b - d1 -> b`` (``d1 = 0``: none)."""
+    n = band.shape[1]
+    trans = _powered(band, settings).transpose(1, 0, 2)  # [b, d1, d2]
     b = np.arange(n)[:, None, None]
-    d1 = np.arange(gaps)[None, :, None]
-    d2 = np.arange(gaps)[None, None, :]
-    row = np.where(d1 > 0, b - d1 + 1, 0)  # table row: previous node + 1, 0 = none
-    ok = (d2 >= 1) & (b + d2 < n) & (row >= 0) & ((d1 > 0) | (b == 0))
-    trans = powered[np.clip(row, 0, n), b, np.minimum(b + d2, n - 1)]
+    d1 = np.arange(band.shape[0])[None, :, None]
+    ok = np.where(d1 > 0, b - d1 >= 0, b == 0)
     return np.where(ok, trans, np.inf)
 
 
 def _pair_state_path(trans: np.ndarray, n: int, budget: int) -> list[int]:
     """Exact DP over (nodes used, last node, distance to the node before)."""
-    gaps = trans.shape[1]
+    back, gaps = trans.shape[1], trans.shape[2]
     g = np.full((budget, n, gaps), np.inf)
-    parent = np.zeros((budget, n, gaps), dtype=np.int64)
+    parent = np.zeros((budget, n, gaps), dtype=np.int16)
     g[0, 0, 0] = 0.0
     for m in range(1, budget):
-        cand = g[m - 1][:, :, None] + trans  # [b, d1, d2]
+        cand = g[m - 1][:, :back, None] + trans  # [b, d1, d2]
         best_d1 = np.argmin(cand, axis=1)  # [b, d2]
         best = np.take_along_axis(cand, best_d1[:, None, :], axis=1)[:, 0, :]
         for d2 in range(1, gaps):
@@ -221,20 +206,17 @@ def _schedule_from_path(
     if costs.pair_state:
         span = meancache2_spans(compute)
     else:
-        spans_of = _edge_matrix(costs.table, settings)[1]
+        spans_of = _edge_band(costs.band, settings)[1]
         span = [0] * n
         for a, b in zip(nodes, nodes[1:]):
             for i in range(a + 1, b):
-                span[i] = int(spans_of[a, b])
+                span[i] = int(spans_of[a, b - a])
     edges = []
     for k, (a, b) in enumerate(zip(nodes, nodes[1:])):
         if b - a < 2:
             continue
-        if costs.pair_state:
-            row = nodes[k - 1] + 1 if k > 0 else 0
-            cost = float(costs.table[row, a, b])
-        else:
-            cost = float(costs.table[span[a + 1] - 1, a, b])
+        layer = (a - nodes[k - 1] if k > 0 else 0) if costs.pair_state else span[a + 1] - 1
+        cost = float(costs.band[layer, a, b - a])
         edges.append(Edge(a, b, span[a + 1], cost))
     return Schedule(
         sigmas=sigmas,

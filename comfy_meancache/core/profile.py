@@ -126,7 +126,7 @@ class Profile:
         for run in self.runs:
             velocities, states, moved = run.on_grid(list(sigmas))
             interpolated |= moved
-            tables.append(trajectory_costs(sigmas, velocities, states, estimator, max_span, max_gap, metric).table)
+            tables.append(trajectory_costs(sigmas, velocities, states, estimator, max_span, max_gap, metric).band)
         source = f"profile {self.name} ({len(self.runs)} runs" + (", interpolated in sigma)" if interpolated else ")")
         return EdgeCosts(estimator, np.mean(tables, axis=0), source)
 

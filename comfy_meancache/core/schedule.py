@@ -30,6 +30,7 @@ class PlannerSettings:
     max_span: int = 6
     cost_source: str = "prior"
     preset: str = "custom"
+    cost_key: str = "prior"  # the Planner's cost_source choice, to re-plan other grids from the same source
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,10 @@ class Schedule:
     ``span[i]`` is 0 on computed steps; on a skipped step it is the estimator's
     span ``K`` (for ``meancache2`` the distance back to the older of the two
     computed steps its JVP uses). ``budget`` is the model-call budget the plan
-    was asked for; the plan itself may use fewer calls.
+    was asked for; the plan itself may use fewer calls. A fragment (one
+    sampler's part of a split run, see :meth:`fragment`) carries ``part_of``:
+    its first step in the planned run and that run's step count; it may end
+    on a skipped step.
     """
 
     sigmas: tuple[float, ...]
@@ -60,6 +64,7 @@ class Schedule:
     settings: PlannerSettings = field(default_factory=PlannerSettings)
     edges: tuple[Edge, ...] = ()
     notes: tuple[str, ...] = ()
+    part_of: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sigmas", tuple(float(s) for s in self.sigmas))
@@ -67,6 +72,8 @@ class Schedule:
         object.__setattr__(self, "span", tuple(int(k) for k in self.span))
         object.__setattr__(self, "edges", tuple(self.edges))
         object.__setattr__(self, "notes", tuple(self.notes))
+        if self.part_of is not None:
+            object.__setattr__(self, "part_of", (int(self.part_of[0]), int(self.part_of[1])))
         validate(self)
 
     @property
@@ -102,14 +109,68 @@ class Schedule:
     def with_notes(self, *notes: str) -> Schedule:
         return replace(self, notes=self.notes + tuple(notes))
 
+    def fragment_start(self, run_sigmas: Sequence[float], rtol: float = 1e-5) -> int | None:
+        """Where ``run_sigmas`` sit inside this plan's grid as a contiguous slice, if they do.
+
+        The last run sigma may also be 0 where the plan goes on (a sampler
+        that forces full denoise at its end, e.g. KSamplerAdvanced).
+        """
+        run = [float(s) for s in run_sigmas]
+        if len(run) < 2 or len(run) > len(self.sigmas):
+            return None
+
+        def same(a: float, b: float) -> bool:
+            return abs(a - b) <= rtol * max(abs(b), 1e-3)
+
+        for start in range(len(self.sigmas) - len(run) + 1):
+            grid = self.sigmas[start : start + len(run)]
+            if all(same(a, b) for a, b in zip(run[:-1], grid)) and (same(run[-1], grid[-1]) or run[-1] == 0.0):
+                return start
+        return None
+
+    def fragment(self, start: int, run_sigmas: Sequence[float]) -> Schedule:
+        """This plan's steps ``start .. start + len(run_sigmas) - 2``, for a sampler that runs only those.
+
+        A fragment starts without velocity history, so a planned skip at its
+        first step is computed (one call more, said in a note); every other
+        step follows the plan.
+        """
+        sigmas = [float(s) for s in run_sigmas]
+        stop = start + len(sigmas) - 1
+        compute = list(self.compute[start:stop])
+        span = list(self.span[start:stop])
+        notes = [f"fragment: steps {start}..{stop - 1} of the {self.steps}-step plan"]
+        if not compute[0]:
+            compute[0], span[0] = True, 0
+            notes.append(f"step {start} computed although planned to skip: a fragment starts without history")
+        if self.estimator == "meancache2":
+            span = meancache2_spans(compute)
+        edges = tuple(
+            replace(e, start=e.start - start, end=e.end - start) for e in self.edges if start <= e.start < e.end < stop
+        )
+        return Schedule(
+            sigmas=sigmas,
+            compute=compute,
+            span=span,
+            estimator=self.estimator,
+            budget=sum(compute),
+            settings=self.settings,
+            edges=edges,
+            notes=self.notes + tuple(notes),
+            part_of=(start + (self.part_of[0] if self.part_of else 0), self.part_of[1] if self.part_of else self.steps),
+        )
+
     def remap(self, new_sigmas: Sequence[float]) -> Schedule:
         """This plan moved onto another sigma grid by sigma position, not by step index.
 
-        Each computed step lands on the new step nearest in sigma; the warm-up
-        steps and the last step stay computed and the number of model calls is
-        scaled to keep the speedup (splitting the longest gaps, or merging the shortest ones).
-        Spans follow the old plan's span at the nearest sigma. Predicted edge
-        costs do not carry over.
+        The last resort when re-planning on the new grid is not possible (and
+        how the fixed official lists travel). Each computed step lands on the
+        new step nearest in sigma; the warm-up steps and the last step stay
+        computed and the number of model calls is scaled to keep the speedup
+        (splitting the longest gaps, or merging the shortest ones), never
+        below the fewest calls the warm-up and max gap allow and never with a
+        gap beyond the max gap. Spans follow the old plan's span at the
+        nearest sigma. Predicted edge costs do not carry over.
         """
         sigmas = [float(s) for s in new_sigmas]
         n = len(sigmas) - 1
@@ -119,9 +180,10 @@ class Schedule:
             note = f"{n} steps <= warm-up {self.settings.warmup}: every step computed"
             return _all_computed(self, sigmas, note)
         forced = set(range(max(self.settings.warmup, 1))) | {n - 1}
-        target = min(n, max(len(forced), round(self.model_calls * n / self.steps)))
+        wanted = round(self.model_calls * n / self.steps)
+        target = min(n, max(len(forced), fewest_calls(n, self.settings), wanted))
         nodes = {_nearest(sigmas[:-1], self.sigmas[i]) for i in self.computed_steps} | forced
-        nodes = _resize(sorted(nodes), target, forced)
+        nodes = _resize(sorted(nodes), target, forced, self.settings.max_gap)
         compute = [i in nodes for i in range(n)]
         old_span = self._span_by_step()
         span = [0 if c else old_span[_nearest(self.sigmas[:-1], sigmas[i])] for i, c in enumerate(compute)]
@@ -149,6 +211,7 @@ class Schedule:
             "settings": asdict(self.settings),
             "edges": [asdict(e) for e in self.edges],
             "notes": list(self.notes),
+            "part_of": list(self.part_of) if self.part_of else None,
         }
 
     def to_json(self, indent: int | None = None) -> str:
@@ -172,6 +235,7 @@ class Schedule:
                 settings=PlannerSettings(**data.get("settings", {})),
                 edges=tuple(Edge(**e) for e in data.get("edges", [])),
                 notes=tuple(data.get("notes", [])),
+                part_of=tuple(data["part_of"]) if data.get("part_of") else None,
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed schedule: {exc}") from exc
@@ -196,8 +260,12 @@ def validate(schedule: Schedule) -> None:
         raise ValueError("sigmas must not increase along the schedule")
     if schedule.estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {schedule.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
-    if not schedule.compute[0] or not schedule.compute[-1]:
-        raise ValueError("the first and the last step must be computed")
+    if not schedule.compute[0]:
+        raise ValueError("the first step must be computed")
+    if not schedule.compute[-1] and schedule.part_of is None:
+        raise ValueError("the last step must be computed")
+    if schedule.part_of is not None and not 0 <= schedule.part_of[0] <= schedule.part_of[1] - n:
+        raise ValueError(f"fragment {schedule.part_of} does not hold {n} steps")
     if schedule.model_calls > schedule.budget:
         raise ValueError(f"compute steps {schedule.model_calls} > budget {schedule.budget}")
     if schedule.budget > n:
@@ -225,11 +293,31 @@ def _nearest(grid: Sequence[float], sigma: float) -> int:
     return min(range(len(grid)), key=lambda i: (abs(grid[i] - sigma), i))
 
 
-def _resize(nodes: list[int], target: int, forced: set[int]) -> set[int]:
-    """Add or drop nodes (never ``forced`` ones) until there are ``target``, keeping gaps even."""
+def fewest_calls(n: int, settings: PlannerSettings) -> int:
+    """The fewest model calls ``n`` steps allow under the warm-up and max-gap limits."""
+    warm = min(max(settings.warmup, 1), n)
+    tail = n - warm
+    return warm + (-(-tail // settings.max_gap) if tail > 0 else 0)
+
+
+def _resize(nodes: list[int], target: int, forced: set[int], max_gap: int) -> set[int]:
+    """Add or drop nodes (never ``forced`` ones) towards ``target``, keeping gaps even and within ``max_gap``.
+
+    Gaps wider than ``max_gap`` are split first, even past ``target``; a node
+    is dropped only where the merged gap stays within ``max_gap``.
+    """
     nodes = list(nodes)
+    while max(b - a for a, b in zip(nodes, nodes[1:])) > max_gap:
+        widest = max(range(len(nodes) - 1), key=lambda k: (nodes[k + 1] - nodes[k], -k))
+        nodes.insert(widest + 1, nodes[widest] + max_gap)
     while len(nodes) > target:
-        merged = [(nodes[k + 1] - nodes[k - 1], k) for k in range(1, len(nodes) - 1) if nodes[k] not in forced]
+        merged = [
+            (nodes[k + 1] - nodes[k - 1], k)
+            for k in range(1, len(nodes) - 1)
+            if nodes[k] not in forced and nodes[k + 1] - nodes[k - 1] <= max_gap
+        ]
+        if not merged:
+            break
         nodes.pop(min(merged)[1])
     while len(nodes) < target:
         widest = max(range(len(nodes) - 1), key=lambda k: (nodes[k + 1] - nodes[k], -k))

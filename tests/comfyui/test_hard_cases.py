@@ -9,7 +9,7 @@ import torch
 
 from comfy_meancache.comfyui.nodes import MeanCacheApply, MeanCachePlanner
 from comfy_meancache.core.planner import plan
-from comfy_meancache.core.schedule import Schedule
+from comfy_meancache.core.schedule import PlannerSettings, Schedule, fewest_calls
 
 STEPS = 30
 
@@ -33,13 +33,32 @@ def counted(model, **kwargs):
     return harness.sample(counter.model, **kwargs), counter
 
 
-def test_ksampler_advanced_fragment_is_remapped(zimage):
-    patched, holder = patched_with(zimage, zimage_plan(zimage))
+def test_ksampler_advanced_fragment_follows_its_slice_of_the_plan(zimage):
+    schedule = zimage_plan(zimage)
+    patched, holder = patched_with(zimage, schedule)
     latent, counter = counted(patched, seed=1, steps=STEPS, cfg=1.0, start_step=10, last_step=STEPS)
     stats = holder.latest
     assert stats.steps_run == 20 and counter.count == stats.model_calls
-    assert any("remapped" in note for note in stats.notes)
-    assert stats.schedule.compute[0] and torch.isfinite(latent).all()
+    assert stats.schedule.compute == (True, *schedule.compute[11:]) and stats.schedule.part_of == (10, STEPS)
+    assert counter.count == sum(schedule.compute[10:]) + (not schedule.compute[10])
+    assert any("fragment: steps 10..29 of the 30-step plan" in note for note in stats.notes)
+    assert torch.isfinite(latent).all()
+
+
+@pytest.mark.parametrize("source", ["prior", "official-zimage-50"])
+def test_other_step_counts_are_planned_again_from_the_same_source(zimage, source):
+    """A 30-step plan sampled at 20 steps runs the plan the Planner makes for 20 steps, within every limit."""
+    planner = dict(preset="balanced", scheduler="simple", denoise=1.0, compute_steps=0, speedup=2.5, gamma=2.0)
+    planner |= dict(warmup=3, max_gap=8, estimator="meancache2", cost_source=source)
+    planned = harness.execute_node(MeanCachePlanner, model=zimage, steps=STEPS, **planner)[0]
+    direct = harness.execute_node(MeanCachePlanner, model=zimage, steps=20, **planner)[0]
+    patched, holder = patched_with(zimage, planned)
+    _, counter = counted(patched, seed=8, steps=20, cfg=1.0)
+    ran = holder.latest.schedule
+    assert ran.compute == direct.compute and ran.span == direct.span and counter.count == direct.model_calls
+    assert any("re-planned for the sampler's 20 steps" in note for note in holder.latest.notes)
+    nodes = ran.computed_steps
+    assert max(b - a for a, b in zip(nodes, nodes[1:])) <= ran.settings.max_gap
 
 
 def test_split_sigmas_halves_and_a_double_zero_tail(zimage):
@@ -69,7 +88,7 @@ def test_hires_fix_second_pass_on_an_upscaled_latent(zimage):
     stats = holder.latest
     assert second.shape == upscaled.shape and torch.isfinite(second).all()
     assert counter.count == 2 * stats.model_calls and stats.steps_run == STEPS
-    assert any("remapped" in note for note in stats.notes)  # denoise 0.5 samples other sigmas
+    assert any("re-planned" in note for note in stats.notes)  # denoise 0.5 samples other sigmas
 
 
 def test_batch_four_at_cfg_five(zimage):
@@ -89,10 +108,11 @@ def test_a_50_step_plan_on_fewer_steps(zimage, steps):
     _, counter = counted(patched, seed=5, steps=steps, cfg=1.0)
     stats = holder.latest
     assert counter.count == stats.model_calls and stats.steps_run == steps
+    calls = min(steps, max(fewest_calls(steps, PlannerSettings()), round(20 * steps / 50)))
+    direct = plan(harness.ksampler_sigmas(zimage, steps).tolist(), compute_steps=calls)
+    assert stats.schedule.compute == direct.compute  # planned again for the steps sampled
     if steps <= stats.schedule.settings.warmup:
-        assert stats.skipped == 0 and any("every step computed" in note for note in stats.notes)
-    else:
-        assert abs(stats.model_calls - 20 * steps / 50) <= 1 + stats.schedule.settings.warmup
+        assert stats.skipped == 0
 
 
 def test_nan_from_the_model_is_not_propagated_by_a_skip(zimage):
@@ -143,7 +163,8 @@ def test_epsilon_prediction_model_through_the_same_hook():
         (dict(preset="custom", steps=30, compute_steps=40), "compute_steps: 40 > steps 30"),
         (dict(preset="balanced", steps=30, compute_steps=12), "only used by preset 'custom'"),
         (dict(preset="fastest", steps=30, compute_steps=0), "preset: 'fastest'"),
-        (dict(preset="custom", steps=0, compute_steps=0), "steps: must be >= 1"),
+        (dict(preset="custom", steps=0, compute_steps=0), "steps: must be 1..1000"),
+        (dict(preset="custom", steps=5000, compute_steps=0), "MeanCache plans at most 1000 steps), got 5000"),
     ],
 )
 def test_planner_validation_names_the_input(inputs, message):

@@ -168,7 +168,7 @@ def test_consecutive_runs_and_two_samplers_do_not_leak(zimage):
     assert not torch.equal(first, second)
     runs = list(holder.runs)
     assert [r.steps_run for r in runs] == [STEPS, STEPS, 18]
-    assert any("remapped" in note for note in runs[-1].notes)
+    assert any("re-planned" in note for note in runs[-1].notes)
     assert runs[-1].model_calls == fresh_holder.latest.model_calls
     assert RUN_KEY not in patched.model_options["transformer_options"]
 

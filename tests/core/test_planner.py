@@ -1,5 +1,7 @@
 """PSSP planner: exact optimality against brute force, constraints, monotonicity."""
 
+import subprocess
+import sys
 from itertools import combinations
 
 import numpy as np
@@ -9,7 +11,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from comfy_meancache.core.costs import EdgeCosts
-from comfy_meancache.core.planner import fewest_calls, plan, plan_pssp
+from comfy_meancache.core.planner import MAX_STEPS, fewest_calls, plan, plan_pssp
 from comfy_meancache.core.schedule import PlannerSettings
 from comfy_meancache.core.sigmas import flow_sigmas
 
@@ -71,7 +73,7 @@ def test_dp_matches_brute_force(n, budget, gamma, warmup, max_gap, seed, estimat
     pair_state = estimator == "meancache2"
     table = random_table(rng, n + 1 if pair_state else 4, n)
     settings = PlannerSettings(gamma=gamma, warmup=warmup, max_gap=max_gap, max_span=3)
-    costs = EdgeCosts(estimator, table, "test")
+    costs = EdgeCosts.from_dense(estimator, table, "test")
     sigmas = list(np.linspace(1, 0, n + 1))
     if budget < fewest_calls(n, settings):
         with pytest.raises(ValueError, match="compute steps"):
@@ -98,7 +100,7 @@ def test_larger_budget_never_costs_more(estimator):
     pair_state = estimator == "meancache2"
     table = random_table(rng, n + 1 if pair_state else 3, n)
     settings = PlannerSettings(gamma=2.0, warmup=2, max_gap=6, max_span=3)
-    costs = EdgeCosts(estimator, table, "test")
+    costs = EdgeCosts.from_dense(estimator, table, "test")
     sigmas = list(np.linspace(1, 0, n + 1))
     optima = []
     for budget in range(fewest_calls(n, settings), n + 1):
@@ -162,10 +164,27 @@ def test_planner_never_crashes(n, data, estimator):
             compute_steps=budget,
             estimator=estimator,
             settings=settings,
-            costs=EdgeCosts(estimator, table, "fuzz"),
+            costs=EdgeCosts.from_dense(estimator, table, "fuzz"),
         )
     except ValueError as exc:
         assert str(exc)
         return
     assert schedule.model_calls <= budget
     assert schedule.compute[0] and schedule.compute[-1]
+
+
+def test_a_1000_step_plan_stays_small():
+    """Costs are stored as a band within the max gap: 1000 steps took 4 GB as a full [N+1, N, N] table."""
+    script = (
+        "import resource; from comfy_meancache.core.planner import plan; "
+        "from comfy_meancache.core.sigmas import flow_sigmas; "
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+        f"schedule = plan(flow_sigmas({MAX_STEPS}), speedup=2.5); "
+        "print(schedule.model_calls, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    calls, grown_mb = int(out[0]), int(out[1])
+    assert calls == 400
+    assert grown_mb < 200  # measured: 55 MB on top of the imports
+    with pytest.raises(ValueError, match="at most 1000 steps"):
+        plan(flow_sigmas(MAX_STEPS + 1), speedup=2.5)

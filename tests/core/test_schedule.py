@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from comfy_meancache.core.costs import EdgeCosts
 from comfy_meancache.core.planner import plan
-from comfy_meancache.core.schedule import Schedule
+from comfy_meancache.core.schedule import Schedule, fewest_calls
 from comfy_meancache.core.sigmas import flow_sigmas
 
 
@@ -19,7 +19,7 @@ def gap_costs(n, estimator):
     i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
     layers = n + 1 if estimator == "meancache2" else 3
     table = np.broadcast_to(np.where(j > i, (j - i) ** 2.0, np.inf), (layers, n, n)).copy()
-    return EdgeCosts(estimator, table, "test")
+    return EdgeCosts.from_dense(estimator, table, "test")
 
 
 def simple_schedule(n=10):
@@ -42,13 +42,15 @@ def test_json_round_trip():
     [
         (dict(compute=[True] * 9), "10 sigmas"),
         (dict(estimator="magic"), "unknown estimator"),
-        (dict(compute=[False] + [True] * 9, span=[1] + [0] * 9), "first and the last"),
+        (dict(compute=[False] + [True] * 9, span=[1] + [0] * 9), "first step must be computed"),
         (dict(budget=3), "compute steps 4 > budget 3"),
         (dict(budget=11), "compute steps 11 > steps 10"),
         (dict(span=[0, 0, 0, 2, 0, 2, 2, 2, 2, 0]), "skipped step 2 needs a span"),
         (dict(span=[0, 1, 2, 2, 0, 2, 2, 2, 2, 0]), "computed step 1 has span 1"),
         (dict(sigmas=[1.0] + [0.5, 0.9] + [0.1] * 8), "must not increase"),
         (dict(sigmas=[float("nan")] * 11), "finite"),
+        (dict(compute=[True] * 9 + [False], span=[0] * 9 + [1], budget=9), "last step must be computed"),
+        (dict(part_of=[5, 12]), r"fragment \(5, 12\) does not hold 10 steps"),
     ],
 )
 def test_validation_messages(change, message):
@@ -93,9 +95,11 @@ def test_remap_keeps_the_speedup_within_one_step(steps, ratio, new_steps, denois
     moved = schedule.remap(new_sigmas)
     assert moved.sigmas == tuple(new_sigmas)
     assert moved.compute[-1] and all(moved.compute[: schedule.settings.warmup])
+    nodes = moved.computed_steps
+    assert max((b - a for a, b in zip(nodes, nodes[1:])), default=1) <= schedule.settings.max_gap
     if new_steps > schedule.settings.warmup:
-        forced = min(new_steps, schedule.settings.warmup + 1)  # warm-up and last step stay computed
-        assert abs(moved.model_calls - max(forced, schedule.model_calls * new_steps / steps)) <= 1
+        least = max(fewest_calls(new_steps, schedule.settings), schedule.model_calls * new_steps / steps)
+        assert least - 1 <= moved.model_calls <= least + 1
     else:
         assert all(moved.compute)
     assert any("remapped" in n or "every step computed" in n for n in moved.notes)
@@ -110,3 +114,34 @@ def test_remap_follows_sigma_not_index():
     for i, c in enumerate(schedule.compute):
         if not c:
             assert same.span[i] == schedule.span[i]
+
+
+def test_remap_keeps_the_planners_limits():
+    """A 4x plan for 50 steps moved to 20 steps gave 5 calls with an 11-step gap, a plan the planner refuses."""
+    schedule = plan(flow_sigmas(50), speedup=4)
+    moved = schedule.remap(flow_sigmas(20))
+    nodes = moved.computed_steps
+    assert max(b - a for a, b in zip(nodes, nodes[1:])) <= schedule.settings.max_gap
+    assert moved.model_calls == max(fewest_calls(20, schedule.settings), round(schedule.model_calls * 20 / 50)) == 6
+    assert nodes[: schedule.settings.warmup] == (0, 1, 2) and nodes[-1] == 19
+
+
+def test_fragments_follow_their_slice_of_the_plan():
+    sigmas = flow_sigmas(30)
+    schedule = plan(sigmas, compute_steps=12)
+    k = next(i for i in range(10, 30) if not schedule.compute[i])  # split where the plan skips
+    high, low = sigmas[: k + 1], sigmas[k:]
+    assert schedule.fragment_start(high) == 0 and schedule.fragment_start(low) == k
+    assert schedule.fragment_start([*sigmas[5:12], 0.0]) == 5  # forced full denoise at the end
+    assert schedule.fragment_start(flow_sigmas(29)) is None
+    first, second = schedule.fragment(0, high), schedule.fragment(k, low)
+    assert first.compute == schedule.compute[:k] and first.part_of == (0, 30)
+    assert second.compute == (True, *schedule.compute[k + 1 :]) and second.part_of == (k, 30)
+    assert first.model_calls + second.model_calls == schedule.model_calls + 1
+    assert any(f"step {k} computed although planned to skip" in n for n in second.notes)
+    assert all(second.edges) and {(e.start + k, e.end + k) for e in second.edges} <= {
+        (e.start, e.end) for e in schedule.edges
+    }
+    assert Schedule.from_json(second.to_json()) == second
+    nested = second.fragment(2, low[2:])
+    assert nested.part_of == (k + 2, 30)

@@ -1,0 +1,48 @@
+"""Planning from a named cost source, for the Planner node and for runs on other sigmas.
+
+A cost source is ``prior`` (built in), ``official-zimage-50`` (the published
+lists) or the name of a saved calibration profile. A schedule remembers its
+source (``settings.cost_key``), so the hook can plan again, the same way, for
+sigmas the sampler really uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..core.official import OFFICIAL_SOURCE, official_plan
+from ..core.planner import fewest_calls, plan
+from ..core.schedule import PlannerSettings, Schedule
+from .calibration import load_profile, saved_profiles
+
+PRIOR, OFFICIAL = "prior", OFFICIAL_SOURCE
+BUILT_IN_SOURCES = (PRIOR, OFFICIAL)
+
+
+def plan_from_source(grid: list[float], source: str, estimator: str, settings: PlannerSettings, budget: dict):
+    """Plan ``grid`` from the chosen cost source; ``budget`` is ``compute_steps=`` or ``speedup=``."""
+    settings = replace(settings, cost_key=source)
+    if source == OFFICIAL:
+        n = len(grid) - 1
+        calls = budget.get("compute_steps") or max(fewest_calls(n, settings), round(n / budget["speedup"]))
+        return official_plan(grid, calls)
+    costs = None
+    if source != PRIOR:
+        if source not in saved_profiles():
+            raise ValueError(
+                f"cost_source: no profile named {source!r} (saved: {', '.join(saved_profiles()) or 'none'})"
+            )
+        costs = load_profile(source).costs(grid, estimator, settings.max_span, settings.max_gap)
+    return plan(grid, estimator=estimator, settings=settings, costs=costs, **budget)
+
+
+def replan(schedule: Schedule, sigmas: list[float]) -> Schedule:
+    """``schedule``'s request planned again on ``sigmas``: same cost source, settings, estimator and call ratio."""
+    n = len(sigmas) - 1
+    calls = min(n, max(fewest_calls(n, schedule.settings), round(schedule.budget * n / schedule.steps)))
+    planned = plan_from_source(
+        sigmas, schedule.settings.cost_key, schedule.estimator, schedule.settings, {"compute_steps": calls}
+    )
+    return planned.with_notes(
+        f"re-planned for the sampler's {n} steps ({schedule.summary()} was planned for other sigmas)"
+    )
