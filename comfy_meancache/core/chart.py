@@ -130,26 +130,29 @@ def summary_text(schedule: Schedule, stats: RunStats | None) -> str:
     return "\n".join(lines)
 
 
-def fragments_summary(plan: Schedule, run: RunStats, candidates: Sequence[RunStats], rtol: float = 1e-5) -> str:
+def fragments_summary(plan: Schedule, run: RunStats, candidates: Sequence[RunStats]) -> str:
     """One line when ``run`` sampled a slice of ``plan``'s grid (KSamplerAdvanced start/end, SplitSigmas).
 
     The fragments before it are the ``candidates`` (newest last) that end
     where the next one starts, back to step 0 when they reach it, e.g.
-    ``fragment 2 of 2 of a 30-step plan (steps 12-29); all fragments: 30 steps
-    -> 13 model calls (2.31x)``. Empty when ``run`` is the whole plan or not a
-    slice of it.
+    ``fragment 2 of 2 of a 30-step plan (steps 12-29); all 2 fragments: 30
+    steps -> 13 model calls (2.31x)``. Empty when ``run`` is the whole plan or
+    not a slice of it.
     """
-    start = _slice_start(plan, run, rtol)
-    if start is None or (start == 0 and run.steps_run == plan.steps):
+    start = plan.fragment_start(run.schedule.sigmas)
+    if start is None or (start == 0 and run.schedule.steps == plan.steps):
         return ""
     chain, first = [run], start
     while first > 0:
-        before = next((c for c in reversed(candidates) if _slice_start(plan, c, rtol) == first - c.steps_run), None)
+        before = next(
+            (c for c in reversed(candidates) if plan.fragment_start(c.schedule.sigmas) == first - c.schedule.steps),
+            None,
+        )
         if before is None:
             break
         chain.insert(0, before)
-        first -= before.steps_run
-    end = start + run.steps_run
+        first -= before.schedule.steps
+    end = start + run.schedule.steps
     where = f"steps {start}-{end - 1}"
     if first == 0 and end == plan.steps:
         where = f"fragment {len(chain)} of {len(chain)} of a {plan.steps}-step plan ({where})"
@@ -160,22 +163,6 @@ def fragments_summary(plan: Schedule, run: RunStats, candidates: Sequence[RunSta
         f"{where}; all {_plural(len(chain), 'fragment')}: {steps} steps -> {calls} model calls "
         f"({steps / calls if calls else 1.0:.2f}x)"
     )
-
-
-def _slice_start(plan: Schedule, run: RunStats, rtol: float) -> int | None:
-    """The plan step where ``run``'s steps start if its step sigmas are a contiguous slice of the plan's."""
-    steps = run.schedule.sigmas[: run.steps_run]
-    if not steps:
-        return None
-    grid = plan.sigmas[:-1]
-
-    def close(a: float, b: float) -> bool:
-        return abs(a - b) <= rtol * max(abs(b), 1e-3)
-
-    start = next((i for i, s in enumerate(grid) if close(steps[0], s)), None)
-    if start is None or start + len(steps) > len(grid):
-        return None
-    return start if all(close(a, b) for a, b in zip(steps, grid[start:])) else None
 
 
 # --- layout -------------------------------------------------------------------------------------------

@@ -37,11 +37,6 @@ PLANNER = dict(
     estimator="meancache2",
     cost_source="prior",
 )
-FOLLOWS_SLICES = pytest.mark.xfail(
-    strict=False,
-    reason="the hook remaps a fragment's sigmas onto a new plan (warm-up and last step forced per fragment); "
-    "following the planned slice is being added to the hook on main",
-)
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
@@ -139,7 +134,6 @@ def wan22(k_computed: bool):
     return schedule, k, (c_high, h_high), (c_low, h_low), second
 
 
-@FOLLOWS_SLICES
 @pytest.mark.parametrize("k_computed", [True, False], ids=["hand-over-computed", "hand-over-skipped"])
 def test_wan22_experts_each_run_their_part_of_one_plan(k_computed):
     schedule, k, (c_high, h_high), (c_low, h_low), _ = wan22(k_computed)
@@ -161,7 +155,6 @@ def test_wan22_report_shows_both_fragments_as_one_run():
     ) in text
 
 
-@FOLLOWS_SLICES
 @pytest.mark.parametrize("k_computed", [True, False], ids=["split-computed", "split-skipped"])
 def test_split_sigmas_refiner_runs_its_part_of_the_plan(k_computed):
     """SamplerCustomAdvanced: BasicScheduler -> SplitSigmas, base model on the high half, a different model

@@ -477,7 +477,9 @@ def test_wan22_workflow_runs_both_experts_under_one_plan(engine, tmp_path):
     assert schedule.steps == 20 and (high.latest.steps_run, low.latest.steps_run) == (10, 10)
     # two experts, two holders, two runs; cond and uncond batch (cfg 3.5, equal token counts)
     assert len({(c.holder, c.run) for c in result.calls}) == 2 and {c.batch for c in result.calls} == {2}
-    assert len(result.calls) == high.latest.model_calls + low.latest.model_calls < 20
+    # each expert runs its slice of the plan; the low-noise one computes step 10 even if the plan skips it
+    assert len(result.calls) == high.latest.model_calls + low.latest.model_calls
+    assert len(result.calls) == schedule.model_calls + (not schedule.compute[10])
     report = ex.one(api, "MeanCacheReport")
     _check_report(result, report)
     calls = high.latest.model_calls + low.latest.model_calls

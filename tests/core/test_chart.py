@@ -195,14 +195,14 @@ def test_cost_heatmap_is_a_fixed_size_image():
 def test_fragments_summary_joins_the_fragments_of_one_plan():
     """Two samplers (Wan 2.2's high- and low-noise models, or SplitSigmas halves) each run a slice of one plan."""
     plan = every_kth(30, 4)
-    high, low = plan.remap(plan.sigmas[:13]), plan.remap(plan.sigmas[12:])
+    high, low = plan.fragment(0, plan.sigmas[:13]), plan.fragment(12, plan.sigmas[12:])
     first, second = run(high), run(low)
     calls = high.model_calls + low.model_calls
     expected = (
         f"fragment 2 of 2 of a 30-step plan (steps 12-29); all 2 fragments: 30 steps -> {calls} model calls "
         f"({30 / calls:.2f}x)"
     )
-    older = run(every_kth(30, 2).remap(plan.sigmas[:13]))  # an earlier run of the same slice: the newest counts
+    older = run(every_kth(30, 2).fragment(0, plan.sigmas[:13]))  # an earlier run of the same slice: the newest counts
     assert older.model_calls != first.model_calls
     assert chart.fragments_summary(plan, second, [older, first, second]) == expected
     assert chart.fragments_summary(plan, second, [second]) == (
