@@ -7,6 +7,7 @@ import harness
 import pytest
 import torch
 
+from comfy_meancache.comfyui import hook
 from comfy_meancache.comfyui.nodes import MeanCacheApply, MeanCachePlanner
 from comfy_meancache.core.planner import plan
 from comfy_meancache.core.schedule import PlannerSettings, Schedule, fewest_calls
@@ -207,3 +208,32 @@ def test_bfloat16_latents_follow_the_plan(zimage):
     error = float((cached.float() - full.float()).norm() / full.float().norm())
     error32 = float((cached32 - full32).norm() / full32.norm())
     assert error < 2 * error32 + 0.01
+
+
+def test_heun_decides_each_step_on_its_own_evaluation_not_the_corrector(zimage, monkeypatch):
+    """Heun evaluates sigma[i] twice for i >= 1: the corrector of step i-1 (at a predicted x), then step i itself.
+
+    The stepper must decide and record step i on the second one; the corrector is always computed.
+    """
+    evaluations: list[torch.Tensor] = []  # x of every evaluation, seen outside MeanCache
+    decided: dict[int, torch.Tensor] = {}
+
+    def record_x(executor, *args, **kwargs):
+        evaluations.append(args[0].clone())
+        return executor(*args, **kwargs)
+
+    class SpyStepper(hook.Stepper):
+        def decide(self, step, x):
+            decided[step] = x.clone()
+            return super().decide(step, x)
+
+    monkeypatch.setattr(hook, "Stepper", SpyStepper)
+    outer = zimage.clone()
+    outer.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, "record_x", record_x)
+    patched, holder = patched_with(outer, zimage_plan(zimage))
+    harness.sample(patched, seed=9, steps=STEPS, cfg=1.0, sampler_name="heun")
+    assert len(evaluations) == 2 * STEPS - 1 and sorted(decided) == list(range(STEPS))
+    assert torch.equal(decided[0], evaluations[0])
+    for step in range(1, STEPS):
+        assert torch.equal(decided[step], evaluations[2 * step])  # the step's own evaluation
+        assert not torch.equal(decided[step], evaluations[2 * step - 1])  # not the corrector before it

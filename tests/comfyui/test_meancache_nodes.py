@@ -105,17 +105,29 @@ def relative_error(a, b):
     return float((a - b).norm() / b.norm())
 
 
+# Relative L2 error against the 30-step run, measured on this random-weight model at 12 model calls
+# (rerun this test's body to re-measure): cfg -> (fewer steps, official update, default preset).
+MEASURED_ERRORS = {1.0: (0.1657, 0.1195, 0.3147), 4.0: (0.2149, 0.1630, 0.3797)}
+
+
 @pytest.mark.parametrize("cfg", [1.0, 4.0])
 def test_skips_stay_close_to_the_full_run(zimage, cfg):
-    """Measured on this random-weight model (30 steps, 12 calls): official update 0.12 / 0.16 relative
-    error at cfg 1 / 4 against 0.17 / 0.22 for plainly sampling 12 steps; the default preset
-    (meancache2 on the prior) 0.27 / 0.33. Quality claims come from the trained embedded model."""
+    """Pins the measured errors, so any change in planning or estimation shows up here.
+
+    On this untrained model the default preset (meancache2 on the prior) is worse than plainly sampling 12
+    steps, while the official update beats it; random weights are no quality test (the benchmark is), but
+    the numbers must not drift unnoticed.
+    """
     full = harness.sample(zimage, seed=7, steps=STEPS, cfg=cfg)
     fewer = relative_error(harness.sample(zimage, seed=7, steps=12, cfg=cfg), full)
     official = applied(zimage, planned(zimage, preset="custom", compute_steps=12, estimator="meancache"))[0]
-    assert relative_error(harness.sample(official, seed=7, steps=STEPS, cfg=cfg), full) < fewer
     default = applied(zimage, planned(zimage))[0]
-    assert relative_error(harness.sample(default, seed=7, steps=STEPS, cfg=cfg), full) < 2 * fewer
+    errors = (
+        fewer,
+        relative_error(harness.sample(official, seed=7, steps=STEPS, cfg=cfg), full),
+        relative_error(harness.sample(default, seed=7, steps=STEPS, cfg=cfg), full),
+    )
+    assert errors == pytest.approx(MEASURED_ERRORS[cfg], abs=2e-4)
 
 
 def test_reuse_with_euler_is_euler_on_the_computed_sigmas(zimage):
