@@ -240,17 +240,17 @@ def make_conditioning(model, *, tokens: int | None = None, batch: int = 1, seed:
         cross = torch.randn(batch, tokens, width, generator=gen) * scale
         return [[cross, {"pooled_output": torch.randn(batch, width, generator=gen) * scale}]]
     tokens = 12 if tokens is None else tokens
-    widths = {
-        "zimage": lambda: dm.cap_embedder[1].in_features,
-        "lumina2": lambda: dm.cap_embedder[1].in_features,
-        "flux": lambda: dm.txt_in.in_features,
-        "qwen_image": lambda: dm.txt_in.in_features,
-        "hunyuan_video": lambda: dm.txt_in.input_embedder.in_features,
-        "wan21": lambda: dm.text_embedding[0].in_features,
-    }
-    if family not in widths:
+    if family in ("zimage", "lumina2"):
+        width = dm.cap_embedder[1].in_features
+    elif family in ("flux", "qwen_image"):
+        width = dm.txt_in.in_features
+    elif family == "hunyuan_video":
+        width = dm.txt_in.input_embedder.in_features
+    elif family == "wan21":
+        width = dm.text_embedding[0].in_features
+    else:
         raise ValueError(f"make_conditioning: unsupported model family {family!r}")
-    cross = torch.randn(batch, tokens, widths[family](), generator=gen) * scale
+    cross = torch.randn(batch, tokens, width, generator=gen) * scale
     extras: dict = {"pooled_output": None}
     if family in ("zimage", "lumina2"):
         extras["attention_mask"] = torch.ones(batch, tokens, dtype=torch.int64)
