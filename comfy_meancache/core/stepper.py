@@ -59,6 +59,8 @@ class RunStats:
     notes: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     output_fingerprint: tuple[float, ...] | None = None
+    #: Peak bytes of the velocity history kept between steps (what the cache costs in memory).
+    history_bytes: int = 0
 
     def matches(self, latent: torch.Tensor) -> bool:
         """Whether ``latent`` is this run's output (compared by :func:`fingerprint`)."""
@@ -90,10 +92,10 @@ class RunStats:
         return self.steps_run / self.model_calls if self.model_calls else 1.0
 
     def summary(self) -> str:
-        """``50 steps -> 20 model calls (2.50x), 30 skipped, 38.4 s``."""
+        """``50 steps -> 20 model calls (2.50x), 30 skipped, 38.4 s, history 3.0 MiB peak``."""
         text = (
             f"{self.steps_run} steps -> {self.model_calls} model calls ({self.speedup:.2f}x), "
-            f"{self.skipped} skipped, {self.wall_s:.1f} s"
+            f"{self.skipped} skipped, {self.wall_s:.1f} s, history {format_bytes(self.history_bytes)} peak"
         )
         if self.fallbacks:
             text += f", {len(self.fallbacks)} planned skips computed"
@@ -101,6 +103,14 @@ class RunStats:
         if bad:
             text += f", NaN/inf from the model at step(s) {bad}"
         return text
+
+
+def format_bytes(size: int) -> str:
+    """``size`` in KiB, MiB or GiB with one decimal (bytes below 1 KiB)."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
 
 
 def fingerprint(latent: torch.Tensor, size: int = 64) -> tuple[float, ...]:
@@ -216,6 +226,17 @@ class Stepper:
             del self._velocities[old]
         for old in [m for m in self._finite if m not in keep and isinstance(self._finite[m], bool)]:
             del self._finite[old]
+        self._track_history()
+
+    def _track_history(self) -> None:
+        """Update the peak size of the kept velocities from shapes alone (no device sync).
+
+        Each tensor counts once: plain reuse keeps the cached velocity itself
+        as the skipped step's, not a copy.
+        """
+        kept = {id(v): v for v in self._velocities.values()}.values()
+        size = sum(v.element_size() * v.numel() for v in kept)
+        self.stats.history_bytes = max(self.stats.history_bytes, size)
 
     def _forget(self) -> None:
         self._velocities.clear()
