@@ -8,12 +8,13 @@ widget appended later must tolerate reading that text from old workflows.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import replace
 
 import torch
 from comfy_api.latest import ComfyExtension, io, ui
 
-from ..core.chart import cost_heatmap, plan_chart, run_chart, summary_text
+from ..core.chart import cost_heatmap, fragments_summary, plan_chart, run_chart, summary_text
 from ..core.estimators import DEFAULT_ESTIMATOR, ESTIMATORS
 from ..core.planner import MAX_STEPS
 from ..core.presets import CUSTOM, DEFAULT_PRESET, PRESET_NAMES, PRESETS
@@ -28,6 +29,8 @@ ScheduleType = io.Custom("MEANCACHE_SCHEDULE")
 StatsType = io.Custom("MEANCACHE_STATS")  # carries a RunHistory; the type name is kept for saved workflows
 MODEL_DEVICE = "model device"
 _DEFAULTS = PlannerSettings()
+#: Live Apply run histories, so the Report can join the fragments of one plan sampled by several models (Wan 2.2).
+_APPLIED: weakref.WeakSet[RunHistory] = weakref.WeakSet()
 
 
 class MeanCachePlanner(io.ComfyNode):
@@ -239,6 +242,7 @@ class MeanCacheApply(io.ComfyNode):
             raise ValueError(f"cache_device: {cache_device!r} is not one of {MODEL_DEVICE!r}, 'cpu'")
         device = None if cache_device == MODEL_DEVICE else cache_device
         holder = MeanCacheHolder(schedule, schedule.settings.preset, debug, cache_device=device)
+        _APPLIED.add(holder.history)
         return io.NodeOutput(attach(model, holder), holder.history)
 
 
@@ -337,7 +341,10 @@ def _run_report(history: RunHistory, latent: dict, schedule: Schedule | None) ->
     where = f"run {list(history.runs).index(run) + 1} of the {len(history.runs)} kept for this {history.node}"
     if matched is None:
         where += " (the latent matched none of them; showing the newest)"
-    return run_chart(shown, run), f"{where}\n{text}"
+    siblings = [h for h in _APPLIED if h is not history and h.plan is history.plan]
+    plan_runs = [r for h in [*siblings, history] for r in h.runs]
+    fragments = fragments_summary(history.plan, run, plan_runs)
+    return run_chart(shown, run), "\n".join(line for line in (where, fragments, text) if line)
 
 
 def _calibration_report(history: RunHistory, run: RunStats | None) -> tuple[torch.Tensor, str]:

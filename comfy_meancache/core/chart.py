@@ -121,13 +121,48 @@ def summary_text(schedule: Schedule, stats: RunStats | None) -> str:
     if notes:
         lines.append("notes:")
         lines += [f"  {n}" for n in _truncate_list(notes, 20)]
-    edges = [_edge_label(e.start, e.end, e.span, e.cost) for e in schedule.edges]
+    edges = [_edge_label(e.start, e.end, e.span, e.cost, e.estimator) for e in schedule.edges]
     lines += _wrapped("edges (predicted cost): ", _truncate_list(edges, 24))
     lines += _wrapped("computed steps (plan): ", [str(i) for i in schedule.computed_steps])
     if stats is not None:
         ran = [str(r.step) for r in stats.records if r.action is Action.COMPUTE]
         lines += _wrapped("computed steps (run): ", ran)
     return "\n".join(lines)
+
+
+def fragments_summary(plan: Schedule, run: RunStats, candidates: Sequence[RunStats]) -> str:
+    """One line when ``run`` sampled a slice of ``plan``'s grid (KSamplerAdvanced start/end, SplitSigmas).
+
+    The fragments before it are the ``candidates`` (newest last) that end
+    where the next one starts, back to step 0 when they reach it, e.g.
+    ``fragment 2 of 2 of a 30-step plan (steps 12-29); all 2 fragments: 30
+    steps -> 13 model calls (2.31x)``. Empty when ``run`` is the whole plan or
+    not a slice of it.
+    """
+    start = plan.fragment_start(run.schedule.sigmas)
+    if start is None or (start == 0 and run.schedule.steps == plan.steps):
+        return ""
+    chain, first = [run], start
+    while first > 0:
+        before = next(
+            (c for c in reversed(candidates) if plan.fragment_start(c.schedule.sigmas) == first - c.schedule.steps),
+            None,
+        )
+        if before is None:
+            break
+        chain.insert(0, before)
+        first -= before.schedule.steps
+    end = start + run.schedule.steps
+    where = f"steps {start}-{end - 1}"
+    if first == 0 and end == plan.steps:
+        where = f"fragment {len(chain)} of {len(chain)} of a {plan.steps}-step plan ({where})"
+    else:
+        where = f"a fragment of a {plan.steps}-step plan ({where}; earlier fragments from step {first})"
+    steps, calls = sum(c.steps_run for c in chain), sum(c.model_calls for c in chain)
+    return (
+        f"{where}; all {_plural(len(chain), 'fragment')}: {steps} steps -> {calls} model calls "
+        f"({steps / calls if calls else 1.0:.2f}x)"
+    )
 
 
 # --- layout -------------------------------------------------------------------------------------------
@@ -464,8 +499,9 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _edge_label(start: int, end: int, span: int, cost: float | None) -> str:
-    return f"{start}->{end} K={span} {_fmt_cost(cost if _finite(cost) else None)}"
+def _edge_label(start: int, end: int, span: int, cost: float | None, estimator: str = "") -> str:
+    used = f" {estimator}" if estimator else ""
+    return f"{start}->{end}{used} K={span} {_fmt_cost(cost if _finite(cost) else None)}"
 
 
 def _fmt_cost(cost: float | None) -> str:

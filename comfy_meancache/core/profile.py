@@ -28,7 +28,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .costs import EdgeCosts, trajectory_costs
+from .costs import EdgeCosts, cheapest_per_edge, trajectory_costs
+from .estimators import ADAPTIVE, BASE_ESTIMATORS
 
 PROFILE_FORMAT = "comfy-meancache-profile"
 PROFILE_VERSION = 1
@@ -120,6 +121,8 @@ class Profile:
         """Edge costs on ``sigmas``, averaged over the runs; the source says if it interpolated."""
         if not self.runs:
             raise ValueError(f"profile {self.name!r} holds no runs yet")
+        if estimator == ADAPTIVE:  # average each estimator over the runs first, then pick per edge
+            return cheapest_per_edge([self.costs(sigmas, e, max_span, max_gap, metric) for e in BASE_ESTIMATORS])
         tables, interpolated = [], False
         for run in self.runs:
             velocities, states, moved = run.on_grid(list(sigmas))

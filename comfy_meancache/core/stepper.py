@@ -66,6 +66,8 @@ class RunStats:
     wall_s: float = 0.0
     output_fingerprint: tuple[float, ...] | None = None
     extra_evaluations: int = 0
+    #: Peak bytes of the velocity history kept between steps (what the cache costs in memory).
+    history_bytes: int = 0
 
     def matches(self, latent: torch.Tensor) -> bool:
         """Whether ``latent`` is this run's output (compared by :func:`fingerprint`)."""
@@ -108,19 +110,30 @@ class RunStats:
         return self.uncached_evaluations / self.evaluations if self.evaluations else 1.0
 
     def summary(self) -> str:
-        """``50 steps -> 20 model calls (2.50x), 30 skipped, 38.4 s``; with extra evaluations
-        ``30 steps + 29 extra evaluations -> 41 model calls (59 uncached, 1.44x), 18 skipped, ...``."""
+        """``50 steps -> 20 model calls (2.50x), 30 skipped, 38.4 s, history 3.0 MiB peak``; with extra
+        evaluations ``30 steps + 29 extra evaluations -> 41 model calls (59 uncached, 1.44x), 18 skipped, ...``."""
         work, ratio = f"{self.steps_run} steps", f"{self.speedup:.2f}x"
         if self.extra_evaluations:
             work += f" + {self.extra_evaluations} extra evaluations"
             ratio = f"{self.uncached_evaluations} uncached, {ratio}"
-        text = f"{work} -> {self.evaluations} model calls ({ratio}), {self.skipped} skipped, {self.wall_s:.1f} s"
+        text = (
+            f"{work} -> {self.evaluations} model calls ({ratio}), {self.skipped} skipped, {self.wall_s:.1f} s, "
+            f"history {format_bytes(self.history_bytes)} peak"
+        )
         if self.fallbacks:
             text += f", {len(self.fallbacks)} planned skips computed"
         bad = [r.step for r in self.records if r.nonfinite]
         if bad:
             text += f", NaN/inf from the model at step(s) {bad}"
         return text
+
+
+def format_bytes(size: int) -> str:
+    """``size`` in KiB, MiB or GiB with one decimal (bytes below 1 KiB)."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
 
 
 def fingerprint(latent: torch.Tensor, size: int = 64) -> tuple[float, ...]:
@@ -146,7 +159,7 @@ class Stepper:
         self.debug = debug
         self.cache_device = torch.device(cache_device) if cache_device is not None else None
         self.stats = RunStats(schedule)
-        self._window = schedule.max_lookback if schedule.estimator == "meancache" else 1
+        self._window = schedule.history_window
         self._velocities: dict[int, torch.Tensor] = {}
         self._finite: dict[int, torch.Tensor | bool] = {}
         self._computed: list[int] = []
@@ -212,7 +225,7 @@ class Stepper:
     def _weights(self, step: int) -> dict[int, float]:
         computed = self._computed[-2:]
         return estimator_weights(
-            self.schedule.estimator, self.schedule.sigmas, step, self.schedule.span[step], computed
+            self.schedule.estimator_at(step), self.schedule.sigmas, step, self.schedule.span[step], computed
         )
 
     def _missing_history(self, step: int) -> str:
@@ -242,6 +255,17 @@ class Stepper:
             del self._velocities[old]
         for old in [m for m in self._finite if m not in keep and isinstance(self._finite[m], bool)]:
             del self._finite[old]
+        self._track_history()
+
+    def _track_history(self) -> None:
+        """Update the peak size of the kept velocities from shapes alone (no device sync).
+
+        Each tensor counts once: plain reuse keeps the cached velocity itself
+        as the skipped step's, not a copy.
+        """
+        kept = {id(v): v for v in self._velocities.values()}.values()
+        size = sum(v.element_size() * v.numel() for v in kept)
+        self.stats.history_bytes = max(self.stats.history_bytes, size)
 
     def _forget(self) -> None:
         self._velocities.clear()

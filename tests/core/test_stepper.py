@@ -83,7 +83,7 @@ def test_history_stays_bounded():
         return curved_velocity(x, sigma)
 
     sample_euler(velocity, torch.zeros(1, 2, 4, 4), sigmas, stepper)
-    assert peak <= schedule.max_lookback + 2
+    assert peak <= schedule.history_window + 2
 
 
 def test_planned_skip_without_history_is_computed_with_a_reason():
@@ -182,3 +182,22 @@ def test_copies_to_the_cache_device_block_until_the_host_can_read_them():
         stepper.estimate(2)
     # host to device may overlap: the stepper never writes the CPU estimate it copies from
     assert estimate.calls == [((torch.device("cpu"),), {"non_blocking": True})]
+
+
+def test_history_bytes_is_the_peak_of_the_kept_velocities():
+    """meancache2 keeps the last two computed velocities plus the current estimate: 3 latents at the peak.
+    reuse hands out the cached velocity itself for a skip (no copy), and the older computed one stays until
+    the next computed step: 2 latents. A run computing every step keeps the last 2 computed velocities."""
+    sigmas = flow_sigmas(20)
+    latent = torch.zeros(2, 16, 3, 8, 8, dtype=torch.bfloat16)
+    one = latent.numel() * latent.element_size()  # 12 KiB
+    every_step = Schedule(sigmas, [True] * 20, [0] * 20, "meancache2", 20)
+    for schedule, latents in [
+        (plan(sigmas, compute_steps=8, estimator="meancache2"), 3),
+        (plan(sigmas, compute_steps=8, estimator="reuse"), 2),
+        (every_step, 2),
+    ]:
+        _, stats = sample_euler(lambda x, s: torch.ones_like(x), latent, sigmas, Stepper(schedule))
+        assert stats.history_bytes == latents * one, schedule.estimator
+    _, stats = sample_euler(lambda x, s: torch.ones_like(x), latent, sigmas, Stepper(plan(sigmas, compute_steps=8)))
+    assert stats.summary().endswith(" s, history 36.0 KiB peak")
