@@ -12,8 +12,10 @@ Two wrappers, registered with ``ModelPatcher.add_wrapper_with_key``:
   ``x0``, so the velocity is ``v = (x - x0) / sigma`` and a skipped step returns
   ``x - sigma * v_hat`` without calling the model.
 
-The step is found by matching sigma against the run's ``sample_sigmas``, never
-by counting calls; evaluations that are not a step's first (midpoints, Heun
+Each sampling call is served by the core's :class:`~..core.runtime.CachedDenoiser`,
+the same entry point the benchmark and scripts outside ComfyUI use: it finds
+the step by matching sigma against the run's ``sample_sigmas``, never by
+counting calls; evaluations that are not a step's first (midpoints, Heun
 correctors, repeats) are computed normally and stay out of the history.
 """
 
@@ -23,12 +25,11 @@ import logging
 from collections import deque
 from dataclasses import replace
 
-import torch
-
 from ..core.estimators import DEFAULT_ESTIMATOR
 from ..core.profile import TrajectoryRecorder
+from ..core.runtime import SIGMA_RTOL, CachedDenoiser
 from ..core.schedule import Schedule
-from ..core.stepper import Action, RunStats, Stepper, fingerprint
+from ..core.stepper import RunStats, fingerprint
 from .calibration import Calibration
 from .planning import replan
 from .sampler_policy import SamplerPolicy, sampler_policy
@@ -38,7 +39,6 @@ log = logging.getLogger("comfy_meancache")
 WRAPPER_KEY = "meancache"
 HOLDER_KEY = "meancache"
 RUN_KEY = "meancache_run"
-SIGMA_RTOL = 1e-5
 KEPT_RUNS = 16
 
 
@@ -96,7 +96,7 @@ class MeanCacheHolder:
 
 
 class RunState:
-    """Per-sampling-call state: the stepper plus the evaluation-to-step bookkeeping."""
+    """Per-sampling-call state: the core run (:class:`CachedDenoiser`) under ComfyUI's sampler and calibration."""
 
     def __init__(self, holder: MeanCacheHolder, sigmas: list[float], policy: SamplerPolicy) -> None:
         if holder.schedule is None:
@@ -114,46 +114,25 @@ class RunState:
                 notes.append(f"not recorded for calibration: {policy.reason}")
         self.sigmas = sigmas
         self.policy = policy
-        self.stepper = Stepper(schedule, debug=holder.debug, cache_device=holder.cache_device)
-        self.stepper.stats.notes.extend(notes)
-        self.last_step = -1
-        self.extra_evaluations = 0
-        self._correctors_seen: set[int] = set()
-
-    def first_evaluation_step(self, sigma: float, rtol: float = SIGMA_RTOL) -> int | None:
-        """The step whose first evaluation this is, or None for any other evaluation.
-
-        Steps are matched in order: the earliest step after the last one seen
-        whose sigma equals ``sigma`` within ``rtol``. Half-precision latents
-        carry their sigma rounded to the latent's dtype, where neighbouring
-        grid sigmas can round alike, so order decides between them.
-        """
-        step = _match(self.sigmas, sigma, self.last_step + 1, rtol)
-        if step is None or self.sigmas[step] == 0.0:
-            self.extra_evaluations += 1
-            return None
-        if self.policy.corrector_first and step >= 1 and step not in self._correctors_seen:
-            self._correctors_seen.add(step)
-            self.extra_evaluations += 1
-            return None
-        self.last_step = step
-        return step
+        self.denoiser = CachedDenoiser(
+            None,
+            schedule,
+            corrector_first=policy.corrector_first,
+            cache_device=holder.cache_device,
+            debug=holder.debug,
+            on_compute=self.recorder.observe if self.recorder is not None else None,
+        )
+        self.notes = notes
 
     def finish(self) -> RunStats:
-        stats = self.stepper.finish()
-        stats.extra_evaluations = self.extra_evaluations
+        stats = self.denoiser.stats
+        stats.notes[:0] = self.notes
         return stats
 
 
 def _every_step(sigmas: list[float], estimator: str) -> Schedule:
     n = len(sigmas) - 1
     return Schedule(sigmas, [True] * n, [0] * n, estimator, n)
-
-
-def _match(sigmas: list[float], sigma: float, start: int, rtol: float) -> int | None:
-    """The first step from ``start`` on whose sigma equals ``sigma`` within ``rtol``, if any."""
-    tolerance = rtol * max(abs(sigma), 1e-3)
-    return next((i for i in range(start, len(sigmas) - 1) if abs(sigmas[i] - sigma) <= tolerance), None)
 
 
 def _schedule_for(schedule: Schedule, sigmas: list[float]) -> tuple[Schedule, list[str]]:
@@ -166,7 +145,7 @@ def _schedule_for(schedule: Schedule, sigmas: list[float]) -> tuple[Schedule, li
     """
     start = schedule.fragment_start(sigmas, SIGMA_RTOL)
     if start is not None and len(sigmas) == len(schedule.sigmas):
-        return (schedule if sigmas[-1] == schedule.sigmas[-1] else replace(schedule, sigmas=sigmas)), []
+        return (schedule if tuple(sigmas) == schedule.sigmas else replace(schedule, sigmas=sigmas)), []
     if start is not None:
         part = schedule.fragment(start, sigmas)
         return part, list(part.notes[len(schedule.notes) :])
@@ -193,7 +172,7 @@ def outer_sample_wrapper(executor, *args, **kwargs):
             log.warning("[MeanCache] %s: running this sampler uncached: %s", holder.history.label, exc)
             return executor(*args, **kwargs)
         guider.model_options["transformer_options"][RUN_KEY] = run
-        for note in run.stepper.stats.notes:
+        for note in run.notes:
             log.info("[MeanCache] %s", note)
         output = executor(*args, **kwargs)
         return output
@@ -212,24 +191,12 @@ def outer_sample_wrapper(executor, *args, **kwargs):
 
 
 def predict_noise_wrapper(executor, *args, **kwargs):
-    """Compute or skip this evaluation as the schedule says."""
+    """Compute or skip this evaluation as the schedule says (the core run decides)."""
     x, timestep, model_options = args[0], args[1], args[2]
     run: RunState | None = model_options.get("transformer_options", {}).get(RUN_KEY)
     if run is None:
         return executor(*args, **kwargs)
-    rtol = max(SIGMA_RTOL, torch.finfo(timestep.dtype).eps) if timestep.is_floating_point() else SIGMA_RTOL
-    step = run.first_evaluation_step(float(timestep.flatten()[0]), rtol)
-    if step is None:
-        return executor(*args, **kwargs)
-    sigma = run.sigmas[step]
-    if run.stepper.decide(step, x) is Action.COMPUTE:
-        denoised = executor(*args, **kwargs)
-        velocity = (x - denoised) / sigma
-        run.stepper.record(step, velocity)
-        if run.recorder is not None:
-            run.recorder.observe(step, x, velocity)
-        return denoised
-    return x - sigma * run.stepper.estimate(step)
+    return run.denoiser.evaluate(x, timestep, lambda: executor(*args, **kwargs))
 
 
 def _calibrate(calibration: Calibration, run: RunState, stats: RunStats, guider) -> None:
