@@ -59,14 +59,43 @@ RECIPES: dict[str, tuple[str, str, list[str], str, bool]] = {
         "plan on the scheduler's sigmas: {calls} of {steps} steps ({speedup:.1f}x)",
         False,
     ),
+    "flux_dev_t2i_meancache": (
+        "Flux dev text to image",
+        "MeanCache balanced: {steps} steps, {calls} model calls, cfg 1",
+        ["Load\nFlux dev", "MeanCache\nPlanner", "MeanCache\nApply", "KSampler", "Save +\nReport"],
+        "plan: {calls} of {steps} steps call the model ({speedup:.1f}x)",
+        False,
+    ),
+    "qwen_image_t2i_meancache": (
+        "Qwen-Image text to image",
+        "MeanCache balanced: {steps} steps, {calls} model calls",
+        ["Load\nQwen-Image", "MeanCache\nPlanner", "MeanCache\nApply", "KSampler", "Save +\nReport"],
+        "plan: {calls} of {steps} steps call the model ({speedup:.1f}x)",
+        False,
+    ),
+    "wan22_t2v_meancache": (
+        "Wan 2.2 14B text to video",
+        "one plan for both experts: {steps} steps, {calls} model calls",
+        [
+            "Planner\n(whole run)",
+            "Apply\nhigh noise",
+            "KSampler\nAdv. 0-10",
+            "Apply\nlow noise",
+            "KSampler\nAdv. 10-20",
+        ],
+        "plan: {calls} of {steps} steps call the model ({speedup:.1f}x), split at step 10",
+        False,
+    ),
 }
+#: Steps of the workflows that do not sample 40.
+RECIPE_STEPS = {"flux_dev_t2i_meancache": 30, "qwen_image_t2i_meancache": 30, "wan22_t2v_meancache": 20}
 
 
-def plan_mask(every_step: bool) -> list[bool]:
-    """Which of the 40 steps call the model under the balanced plan (or all of them)."""
+def plan_mask(every_step: bool, steps: int = STEPS) -> list[bool]:
+    """Which of the ``steps`` steps call the model under the balanced plan (or all of them)."""
     if every_step:
-        return [True] * STEPS
-    return list(plan(flow_sigmas(STEPS), speedup=SPEEDUP).compute)
+        return [True] * steps
+    return list(plan(flow_sigmas(steps), speedup=SPEEDUP).compute)
 
 
 def draw(title: str, subtitle: str, chain: list[str], caption: str, mask: list[bool]) -> Figure:
@@ -178,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             problems.append(f"{path.name}: no thumbnail recipe in {Path(__file__).name}")
             continue
         title, subtitle, chain, caption, every_step = RECIPES[path.stem]
-        mask = plan_mask(every_step)
+        mask = plan_mask(every_step, RECIPE_STEPS.get(path.stem, STEPS))
         facts = dict(steps=len(mask), calls=sum(mask), speedup=len(mask) / sum(mask))
         subtitle, caption = subtitle.format(**facts), caption.format(**facts)
         data = to_jpeg(draw(title, subtitle, chain, caption, mask))

@@ -26,6 +26,23 @@ def load_profile(name: str) -> Profile:
     return Profile.load(profile_folder(), name)
 
 
+def profile_stamp(name: str) -> tuple:
+    """(mtime_ns, size) of the profile's two files, None where one is missing: changes with every saved run."""
+    try:
+        paths = profile_paths(profile_folder(), name)
+    except ValueError:  # a bad name: validation reports it
+        return ()
+    stamps = []
+    for path in paths:
+        try:
+            stat = path.stat()
+        except OSError:
+            stamps.append(None)
+        else:
+            stamps.append((stat.st_mtime_ns, stat.st_size))
+    return tuple(stamps)
+
+
 class Calibration:
     """Adds each completed full-step run to the named profile on disk."""
 

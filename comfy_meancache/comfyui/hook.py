@@ -12,8 +12,10 @@ Two wrappers, registered with ``ModelPatcher.add_wrapper_with_key``:
   ``x0``, so the velocity is ``v = (x - x0) / sigma`` and a skipped step returns
   ``x - sigma * v_hat`` without calling the model.
 
-The step is found by matching sigma against the run's ``sample_sigmas``, never
-by counting calls; evaluations that are not a step's first (midpoints, Heun
+Each sampling call is served by the core's :class:`~..core.runtime.CachedDenoiser`,
+the same entry point the benchmark and scripts outside ComfyUI use: it finds
+the step by matching sigma against the run's ``sample_sigmas``, never by
+counting calls; evaluations that are not a step's first (midpoints, Heun
 correctors, repeats) are computed normally and stay out of the history.
 """
 
@@ -23,12 +25,11 @@ import logging
 from collections import deque
 from dataclasses import replace
 
-import torch
-
 from ..core.estimators import DEFAULT_ESTIMATOR
 from ..core.profile import TrajectoryRecorder
+from ..core.runtime import SIGMA_RTOL, CachedDenoiser
 from ..core.schedule import Schedule
-from ..core.stepper import Action, RunStats, Stepper, fingerprint
+from ..core.stepper import RunStats, fingerprint
 from .calibration import Calibration
 from .planning import replan
 from .sampler_policy import SamplerPolicy, sampler_policy
@@ -38,12 +39,36 @@ log = logging.getLogger("comfy_meancache")
 WRAPPER_KEY = "meancache"
 HOLDER_KEY = "meancache"
 RUN_KEY = "meancache_run"
-SIGMA_RTOL = 1e-5
 KEPT_RUNS = 16
 
 
+class RunHistory:
+    """What the MEANCACHE_STATS socket carries: the finished runs of one MeanCache patch.
+
+    Owned by that patch's :class:`MeanCacheHolder`; MeanCache Report reads
+    only this. ``node`` and ``label`` name the patch in the Report and the log;
+    ``calibration_name`` is the profile a Calibrate patch adds runs to.
+    ``replaced_by`` is set when a later MeanCache node patched a model that
+    carried this patch: sampling that model runs only the newer patch.
+    """
+
+    def __init__(
+        self, node: str, label: str, plan: Schedule | None = None, calibration_name: str | None = None
+    ) -> None:
+        self.node = node
+        self.label = label
+        self.plan = plan
+        self.calibration_name = calibration_name
+        self.runs: deque[RunStats] = deque(maxlen=KEPT_RUNS)
+        self.replaced_by: str | None = None
+
+    @property
+    def latest(self) -> RunStats | None:
+        return self.runs[-1] if self.runs else None
+
+
 class MeanCacheHolder:
-    """What MeanCache Apply (or Calibrate) attaches to a model: plan, options and finished runs.
+    """What MeanCache Apply (or Calibrate) attaches to a model: plan, options and the run history.
 
     It survives ``ModelPatcher.clone()`` deep copies by later nodes (LoRA
     loaders, model-sampling patches) by being its own deep copy, so the stats
@@ -60,22 +85,18 @@ class MeanCacheHolder:
         cache_device: str | None = None,
     ) -> None:
         self.schedule = schedule
-        self.label = label
         self.debug = debug
         self.calibration = calibration
         self.cache_device = cache_device
-        self.runs: deque[RunStats] = deque(maxlen=KEPT_RUNS)
+        node = "MeanCache Apply" if calibration is None else "MeanCache Calibrate"
+        self.history = RunHistory(node, label, schedule, calibration.name if calibration is not None else None)
 
     def __deepcopy__(self, memo: dict) -> MeanCacheHolder:
         return self
 
-    @property
-    def latest(self) -> RunStats | None:
-        return self.runs[-1] if self.runs else None
-
 
 class RunState:
-    """Per-sampling-call state: the stepper plus the evaluation-to-step bookkeeping."""
+    """Per-sampling-call state: the core run (:class:`CachedDenoiser`) under ComfyUI's sampler and calibration."""
 
     def __init__(self, holder: MeanCacheHolder, sigmas: list[float], policy: SamplerPolicy) -> None:
         if holder.schedule is None:
@@ -93,47 +114,25 @@ class RunState:
                 notes.append(f"not recorded for calibration: {policy.reason}")
         self.sigmas = sigmas
         self.policy = policy
-        self.stepper = Stepper(schedule, debug=holder.debug, cache_device=holder.cache_device)
-        self.stepper.stats.notes.extend(notes)
-        self.last_step = -1
-        self.extra_evaluations = 0
-        self._correctors_seen: set[int] = set()
-
-    def first_evaluation_step(self, sigma: float, rtol: float = SIGMA_RTOL) -> int | None:
-        """The step whose first evaluation this is, or None for any other evaluation.
-
-        Steps are matched in order: the earliest step after the last one seen
-        whose sigma equals ``sigma`` within ``rtol``. Half-precision latents
-        carry their sigma rounded to the latent's dtype, where neighbouring
-        grid sigmas can round alike, so order decides between them.
-        """
-        step = _match(self.sigmas, sigma, self.last_step + 1, rtol)
-        if step is None or self.sigmas[step] == 0.0:
-            self.extra_evaluations += 1
-            return None
-        if self.policy.corrector_first and step >= 1 and step not in self._correctors_seen:
-            self._correctors_seen.add(step)
-            self.extra_evaluations += 1
-            return None
-        self.last_step = step
-        return step
+        self.denoiser = CachedDenoiser(
+            None,
+            schedule,
+            corrector_first=policy.corrector_first,
+            cache_device=holder.cache_device,
+            debug=holder.debug,
+            on_compute=self.recorder.observe if self.recorder is not None else None,
+        )
+        self.notes = notes
 
     def finish(self) -> RunStats:
-        stats = self.stepper.finish()
-        if self.extra_evaluations:
-            stats.notes.append(f"{self.extra_evaluations} extra sampler evaluations computed ({self.policy.name})")
+        stats = self.denoiser.stats
+        stats.notes[:0] = self.notes
         return stats
 
 
 def _every_step(sigmas: list[float], estimator: str) -> Schedule:
     n = len(sigmas) - 1
     return Schedule(sigmas, [True] * n, [0] * n, estimator, n)
-
-
-def _match(sigmas: list[float], sigma: float, start: int, rtol: float) -> int | None:
-    """The first step from ``start`` on whose sigma equals ``sigma`` within ``rtol``, if any."""
-    tolerance = rtol * max(abs(sigma), 1e-3)
-    return next((i for i in range(start, len(sigmas) - 1) if abs(sigmas[i] - sigma) <= tolerance), None)
 
 
 def _schedule_for(schedule: Schedule, sigmas: list[float]) -> tuple[Schedule, list[str]]:
@@ -146,7 +145,7 @@ def _schedule_for(schedule: Schedule, sigmas: list[float]) -> tuple[Schedule, li
     """
     start = schedule.fragment_start(sigmas, SIGMA_RTOL)
     if start is not None and len(sigmas) == len(schedule.sigmas):
-        return (schedule if sigmas[-1] == schedule.sigmas[-1] else replace(schedule, sigmas=sigmas)), []
+        return (schedule if tuple(sigmas) == schedule.sigmas else replace(schedule, sigmas=sigmas)), []
     if start is not None:
         part = schedule.fragment(start, sigmas)
         return part, list(part.notes[len(schedule.notes) :])
@@ -170,10 +169,10 @@ def outer_sample_wrapper(executor, *args, **kwargs):
         try:
             run = RunState(holder, [float(s) for s in sigmas.tolist()], sampler_policy(sampler))
         except ValueError as exc:  # sigmas no schedule can follow (rising, a single one): sample plainly
-            log.warning("[MeanCache] %s: running this sampler uncached: %s", holder.label, exc)
+            log.warning("[MeanCache] %s: running this sampler uncached: %s", holder.history.label, exc)
             return executor(*args, **kwargs)
         guider.model_options["transformer_options"][RUN_KEY] = run
-        for note in run.stepper.stats.notes:
+        for note in run.notes:
             log.info("[MeanCache] %s", note)
         output = executor(*args, **kwargs)
         return output
@@ -187,29 +186,17 @@ def outer_sample_wrapper(executor, *args, **kwargs):
                 stats.notes.append("the run stopped early (interrupted or failed)")
             if output is not None and run.recorder is not None:
                 _calibrate(holder.calibration, run, stats, guider)
-            holder.runs.append(stats)
+            holder.history.runs.append(stats)
             _log_run(holder, stats)
 
 
 def predict_noise_wrapper(executor, *args, **kwargs):
-    """Compute or skip this evaluation as the schedule says."""
+    """Compute or skip this evaluation as the schedule says (the core run decides)."""
     x, timestep, model_options = args[0], args[1], args[2]
     run: RunState | None = model_options.get("transformer_options", {}).get(RUN_KEY)
     if run is None:
         return executor(*args, **kwargs)
-    rtol = max(SIGMA_RTOL, torch.finfo(timestep.dtype).eps) if timestep.is_floating_point() else SIGMA_RTOL
-    step = run.first_evaluation_step(float(timestep.flatten()[0]), rtol)
-    if step is None:
-        return executor(*args, **kwargs)
-    sigma = run.sigmas[step]
-    if run.stepper.decide(step, x) is Action.COMPUTE:
-        denoised = executor(*args, **kwargs)
-        velocity = (x - denoised) / sigma
-        run.stepper.record(step, velocity)
-        if run.recorder is not None:
-            run.recorder.observe(step, x, velocity)
-        return denoised
-    return x - sigma * run.stepper.estimate(step)
+    return run.denoiser.evaluate(x, timestep, lambda: executor(*args, **kwargs))
 
 
 def _calibrate(calibration: Calibration, run: RunState, stats: RunStats, guider) -> None:
@@ -242,7 +229,7 @@ def _clone_options(model_options: dict) -> dict:
 
 
 def _log_run(holder: MeanCacheHolder, stats: RunStats) -> None:
-    log.info("[MeanCache] %s: %s", holder.label, stats.summary())
+    log.info("[MeanCache] %s: %s", holder.history.label, stats.summary())
     for record in stats.fallbacks:
         log.info("[MeanCache] step %d computed although planned to skip: %s", record.step, record.reason)
     if holder.debug:
@@ -253,11 +240,31 @@ def _log_run(holder: MeanCacheHolder, stats: RunStats) -> None:
 
 
 def attach(model, holder: MeanCacheHolder):
-    """A clone of ``model`` (a ModelPatcher) that samples under ``holder``."""
-    import comfy.patcher_extension
+    """A clone of ``model`` (a ModelPatcher) that samples under ``holder``.
+
+    A MeanCache patch already on ``model`` (Apply -> Apply, Calibrate -> Apply,
+    ...) is replaced, with one warning: stacked wrappers under one key would
+    each start a run and the Report would show the empty one, or calibration
+    would silently record nothing. The earlier holder's history is told, so
+    its Report says why it has no run instead of showing none.
+    """
+    from comfy.patcher_extension import WrappersMP
 
     patched = model.clone()
-    patched.model_options.setdefault("transformer_options", {})[HOLDER_KEY] = holder
-    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample_wrapper)
-    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, WRAPPER_KEY, predict_noise_wrapper)
+    options = patched.model_options.setdefault("transformer_options", {})
+    earlier = options.get(HOLDER_KEY)
+    if earlier is not None:
+        earlier.history.replaced_by = holder.history.node
+        log.warning(
+            "[MeanCache] %s replaces the earlier %s patch on this model; only the newer runs",
+            holder.history.node,
+            earlier.history.node,
+        )
+    options[HOLDER_KEY] = holder
+    for wrapper_type, wrapper in (
+        (WrappersMP.OUTER_SAMPLE, outer_sample_wrapper),
+        (WrappersMP.PREDICT_NOISE, predict_noise_wrapper),
+    ):
+        patched.remove_wrappers_with_key(wrapper_type, WRAPPER_KEY)  # the clone's own list: ``model`` keeps its patch
+        patched.add_wrapper_with_key(wrapper_type, WRAPPER_KEY, wrapper)
     return patched

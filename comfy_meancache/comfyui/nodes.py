@@ -8,26 +8,29 @@ widget appended later must tolerate reading that text from old workflows.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import replace
 
 import torch
 from comfy_api.latest import ComfyExtension, io, ui
 
-from ..core.chart import cost_heatmap, plan_chart, run_chart, summary_text
+from ..core.chart import cost_heatmap, fragments_summary, plan_chart, run_chart, summary_text
 from ..core.estimators import DEFAULT_ESTIMATOR, ESTIMATORS
 from ..core.planner import MAX_STEPS
 from ..core.presets import CUSTOM, DEFAULT_PRESET, PRESET_NAMES, PRESETS
 from ..core.schedule import PlannerSettings, Schedule
 from ..core.stepper import RunStats
-from .calibration import Calibration, load_profile, saved_profiles
-from .hook import MeanCacheHolder, attach
+from .calibration import Calibration, load_profile, profile_stamp, saved_profiles
+from .hook import MeanCacheHolder, RunHistory, attach
 from .planning import BUILT_IN_SOURCES, PRIOR, plan_from_source
 
 CATEGORY = "sampling/meancache"
 ScheduleType = io.Custom("MEANCACHE_SCHEDULE")
-StatsType = io.Custom("MEANCACHE_STATS")
+StatsType = io.Custom("MEANCACHE_STATS")  # carries a RunHistory; the type name is kept for saved workflows
 MODEL_DEVICE = "model device"
 _DEFAULTS = PlannerSettings()
+#: Live Apply run histories, so the Report can join the fragments of one plan sampled by several models (Wan 2.2).
+_APPLIED: weakref.WeakSet[RunHistory] = weakref.WeakSet()
 
 
 class MeanCachePlanner(io.ComfyNode):
@@ -157,6 +160,16 @@ class MeanCachePlanner(io.ComfyNode):
         return True
 
     @classmethod
+    def fingerprint_inputs(cls, cost_source: str | None = None, **kwargs) -> tuple:
+        """Re-plan when the chosen profile changes on disk (a new calibration run), though no input changed.
+
+        Built-in sources never change, so they give a constant and the Planner stays cached.
+        """
+        if cost_source is None or cost_source in BUILT_IN_SOURCES:
+            return ()
+        return profile_stamp(cost_source)
+
+    @classmethod
     def execute(
         cls,
         model,
@@ -229,7 +242,8 @@ class MeanCacheApply(io.ComfyNode):
             raise ValueError(f"cache_device: {cache_device!r} is not one of {MODEL_DEVICE!r}, 'cpu'")
         device = None if cache_device == MODEL_DEVICE else cache_device
         holder = MeanCacheHolder(schedule, schedule.settings.preset, debug, cache_device=device)
-        return io.NodeOutput(attach(model, holder), holder)
+        _APPLIED.add(holder.history)
+        return io.NodeOutput(attach(model, holder), holder.history)
 
 
 class MeanCacheCalibrate(io.ComfyNode):
@@ -265,7 +279,7 @@ class MeanCacheCalibrate(io.ComfyNode):
         except ValueError as exc:
             raise ValueError(f"profile_name: {exc}") from exc
         holder = MeanCacheHolder(None, f"calibrate {calibration.name}", calibration=calibration)
-        return io.NodeOutput(attach(model, holder), holder)
+        return io.NodeOutput(attach(model, holder), holder.history)
 
 
 class MeanCacheReport(io.ComfyNode):
@@ -303,13 +317,13 @@ class MeanCacheReport(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, latent: dict, stats: MeanCacheHolder | None = None, images=None, schedule: Schedule | None = None):
-        if stats is not None and not isinstance(stats, MeanCacheHolder):
+    def execute(cls, latent: dict, stats: RunHistory | None = None, images=None, schedule: Schedule | None = None):
+        if stats is not None and not isinstance(stats, RunHistory):
             raise ValueError(f"stats: expected MeanCache stats from MeanCache Apply, got {type(stats).__name__}")
         if stats is None:
             text = "No MeanCache stats connected (MeanCache Apply bypassed?): the sampler ran uncached."
             chart = plan_chart(schedule) if schedule is not None else plan_chart(_placeholder())
-        elif stats.calibration is not None:
+        elif stats.calibration_name is not None:
             chart, text = _calibration_report(stats, _run_for(stats, latent))
         else:
             chart, text = _run_report(stats, latent, schedule)
@@ -317,33 +331,47 @@ class MeanCacheReport(io.ComfyNode):
         return io.NodeOutput(chart, text, ui=_preview(chart, cls, text))
 
 
-def _run_report(holder: MeanCacheHolder, latent: dict, schedule: Schedule | None) -> tuple[torch.Tensor, str]:
-    matched = _matching_run(holder, latent)
-    run = matched or holder.latest
-    shown = run.schedule if run is not None else schedule or holder.schedule
+def _run_report(history: RunHistory, latent: dict, schedule: Schedule | None) -> tuple[torch.Tensor, str]:
+    matched = _matching_run(history, latent)
+    run = matched or history.latest
+    shown = run.schedule if run is not None else schedule or history.plan
     text = summary_text(shown, run)
     if run is None:
-        return run_chart(shown, None), "No sampling run has used this MeanCache Apply yet.\n" + text
-    where = f"run {list(holder.runs).index(run) + 1} of the {len(holder.runs)} kept for this MeanCache Apply"
+        return run_chart(shown, None), f"{_unused(history)}\n{text}"
+    where = f"run {list(history.runs).index(run) + 1} of the {len(history.runs)} kept for this {history.node}"
     if matched is None:
         where += " (the latent matched none of them; showing the newest)"
-    return run_chart(shown, run), f"{where}\n{text}"
+    siblings = [h for h in _APPLIED if h is not history and h.plan is history.plan]
+    plan_runs = [r for h in [*siblings, history] for r in h.runs]
+    fragments = fragments_summary(history.plan, run, plan_runs)
+    return run_chart(shown, run), "\n".join(line for line in (where, fragments, text) if line)
 
 
-def _calibration_report(holder: MeanCacheHolder, run: RunStats | None) -> tuple[torch.Tensor, str]:
+def _calibration_report(history: RunHistory, run: RunStats | None) -> tuple[torch.Tensor, str]:
     """Heat map of the profile's edge costs on the last run's sigmas, and what the profile holds."""
-    name = holder.calibration.name
+    name = history.calibration_name
+    unused = "" if run else f"{_unused(history)}\n"
     try:
         profile = load_profile(name)
     except ValueError as exc:
-        text = f"Calibration profile {name!r}: nothing recorded yet ({exc})"
+        text = f"{unused}Calibration profile {name!r}: nothing recorded yet ({exc})"
         return run_chart(run.schedule, run) if run else plan_chart(_placeholder()), text
     sigmas = list(profile.runs[-1].sigmas)
     costs = profile.costs(sigmas, DEFAULT_ESTIMATOR)
     title = f"Profile {name}: {len(profile.runs)} runs, {len(sigmas) - 1} steps ({DEFAULT_ESTIMATOR} costs)"
     meta = ", ".join(f"{k} {v}" for k, v in profile.metadata.items() if k not in ("per_run",))
     notes = "\n".join(run.notes) if run else ""
-    return cost_heatmap(costs, _DEFAULTS.max_span, title), f"{title}\n{meta}\n{notes}".strip()
+    return cost_heatmap(costs, _DEFAULTS.max_span, title), f"{unused}{title}\n{meta}\n{notes}".strip()
+
+
+def _unused(history: RunHistory) -> str:
+    """Why a Report has no run to show: nothing sampled yet, or a later MeanCache patch replaced this one."""
+    if history.replaced_by:
+        return (
+            f"No sampling run has used this {history.node}: a later {history.replaced_by} replaced it on the model, "
+            "so the runs are in that node's Report."
+        )
+    return f"No sampling run has used this {history.node} yet."
 
 
 def _placeholder() -> Schedule:
@@ -367,16 +395,16 @@ def _planning_sigmas(model, steps: int, scheduler: str, denoise: float, sigmas: 
     return [float(s) for s in grid[-(steps + 1) :].tolist()]
 
 
-def _run_for(holder: MeanCacheHolder, latent: dict) -> RunStats | None:
+def _run_for(history: RunHistory, latent: dict) -> RunStats | None:
     """The run whose output is ``latent`` (newest first), else the newest run."""
-    return _matching_run(holder, latent) or holder.latest
+    return _matching_run(history, latent) or history.latest
 
 
-def _matching_run(holder: MeanCacheHolder, latent: dict) -> RunStats | None:
+def _matching_run(history: RunHistory, latent: dict) -> RunStats | None:
     samples = latent.get("samples") if isinstance(latent, dict) else None
     if not isinstance(samples, torch.Tensor):
         return None
-    return next((run for run in reversed(holder.runs) if run.matches(samples)), None)
+    return next((run for run in reversed(history.runs) if run.matches(samples)), None)
 
 
 def _preview(image: torch.Tensor, cls, text: str) -> dict:

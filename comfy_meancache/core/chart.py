@@ -121,13 +121,48 @@ def summary_text(schedule: Schedule, stats: RunStats | None) -> str:
     if notes:
         lines.append("notes:")
         lines += [f"  {n}" for n in _truncate_list(notes, 20)]
-    edges = [_edge_label(e.start, e.end, e.span, e.cost) for e in schedule.edges]
+    edges = [_edge_label(e.start, e.end, e.span, e.cost, e.estimator) for e in schedule.edges]
     lines += _wrapped("edges (predicted cost): ", _truncate_list(edges, 24))
     lines += _wrapped("computed steps (plan): ", [str(i) for i in schedule.computed_steps])
     if stats is not None:
         ran = [str(r.step) for r in stats.records if r.action is Action.COMPUTE]
         lines += _wrapped("computed steps (run): ", ran)
     return "\n".join(lines)
+
+
+def fragments_summary(plan: Schedule, run: RunStats, candidates: Sequence[RunStats]) -> str:
+    """One line when ``run`` sampled a slice of ``plan``'s grid (KSamplerAdvanced start/end, SplitSigmas).
+
+    The fragments before it are the ``candidates`` (newest last) that end
+    where the next one starts, back to step 0 when they reach it, e.g.
+    ``fragment 2 of 2 of a 30-step plan (steps 12-29); all 2 fragments: 30
+    steps -> 13 model calls (2.31x)``. Empty when ``run`` is the whole plan or
+    not a slice of it.
+    """
+    start = plan.fragment_start(run.schedule.sigmas)
+    if start is None or (start == 0 and run.schedule.steps == plan.steps):
+        return ""
+    chain, first = [run], start
+    while first > 0:
+        before = next(
+            (c for c in reversed(candidates) if plan.fragment_start(c.schedule.sigmas) == first - c.schedule.steps),
+            None,
+        )
+        if before is None:
+            break
+        chain.insert(0, before)
+        first -= before.schedule.steps
+    end = start + run.schedule.steps
+    where = f"steps {start}-{end - 1}"
+    if first == 0 and end == plan.steps:
+        where = f"fragment {len(chain)} of {len(chain)} of a {plan.steps}-step plan ({where})"
+    else:
+        where = f"a fragment of a {plan.steps}-step plan ({where}; earlier fragments from step {first})"
+    steps, calls = sum(c.steps_run for c in chain), sum(c.model_calls for c in chain)
+    return (
+        f"{where}; all {_plural(len(chain), 'fragment')}: {steps} steps -> {calls} model calls "
+        f"({steps / calls if calls else 1.0:.2f}x)"
+    )
 
 
 # --- layout -------------------------------------------------------------------------------------------
@@ -364,28 +399,35 @@ def _bars(
 # --- text ---------------------------------------------------------------------------------------------
 
 
-def _title(fig: Figure, schedule: Schedule, stats: RunStats | None) -> None:
-    """Headline: the achieved (or planned) call reduction; below it estimator, cost source and run facts."""
+def title_text(schedule: Schedule, stats: RunStats | None) -> tuple[str, str]:
+    """Headline and sub-line: the achieved (or planned) call reduction; estimator, cost source, run facts.
+
+    The run's speedup counts every model evaluation, so a sampler's extra
+    evaluations (Heun correctors, dpm_2 midpoints) are in it and named.
+    """
     if stats is None:
         head = (
             f"MeanCache plan: {_plural(schedule.steps, 'step')} -> "
             f"{_plural(schedule.model_calls, 'model call')} ({schedule.speedup:.2f}x speedup)"
         )
-        sub = _plan_details(schedule)
-    else:
-        ran = _plural(stats.steps_run, "step")
-        if stats.steps_run < schedule.steps:  # a partial run: say how much of the plan it covered
-            ran = f"{stats.steps_run} of {_plural(schedule.steps, 'step')}"
-        head = (
-            f"MeanCache run: {stats.speedup:.2f}x model-call speedup ({_plural(stats.model_calls, 'call')} for {ran})"
-        )
-        sub = (
-            f"planned {_plural(schedule.model_calls, 'call')} for {_plural(schedule.steps, 'step')} "
-            f"({schedule.speedup:.2f}x); estimator {schedule.estimator}; costs {schedule.settings.cost_source}; "
-            f"wall {_fmt_seconds(stats.wall_s)}"
-        )
-        count = len(stats.fallbacks)
-        sub += f"; {_plural(count, 'fallback')}" if count else "; no fallbacks"
+        return head, _plan_details(schedule)
+    ran = _plural(stats.steps_run, "step")
+    if stats.steps_run < schedule.steps:  # a partial run: say how much of the plan it covered
+        ran = f"{stats.steps_run} of {_plural(schedule.steps, 'step')}"
+    if stats.extra_evaluations:
+        ran += f" + {stats.extra_evaluations} extra evaluations"
+    head = f"MeanCache run: {stats.speedup:.2f}x model-call speedup ({_plural(stats.evaluations, 'call')} for {ran})"
+    sub = (
+        f"planned {_plural(schedule.model_calls, 'call')} for {_plural(schedule.steps, 'step')} "
+        f"({schedule.speedup:.2f}x); estimator {schedule.estimator}; costs {schedule.settings.cost_source}; "
+        f"wall {_fmt_seconds(stats.wall_s)}"
+    )
+    count = len(stats.fallbacks)
+    return head, sub + (f"; {_plural(count, 'fallback')}" if count else "; no fallbacks")
+
+
+def _title(fig: Figure, schedule: Schedule, stats: RunStats | None) -> None:
+    head, sub = title_text(schedule, stats)
     fig.text(_LEFT, 0.972, _clip(head, 95), fontsize=15, fontweight="bold", color=TEXT, va="top")
     fig.text(_LEFT, 0.925, _clip(sub, 150), fontsize=10.5, color=TEXT, va="top")
 
@@ -457,8 +499,9 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _edge_label(start: int, end: int, span: int, cost: float | None) -> str:
-    return f"{start}->{end} K={span} {_fmt_cost(cost if _finite(cost) else None)}"
+def _edge_label(start: int, end: int, span: int, cost: float | None, estimator: str = "") -> str:
+    used = f" {estimator}" if estimator else ""
+    return f"{start}->{end}{used} K={span} {_fmt_cost(cost if _finite(cost) else None)}"
 
 
 def _fmt_cost(cost: float | None) -> str:

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .estimators import estimator_weights
+from .estimators import ADAPTIVE, BASE_ESTIMATORS, estimator_weights
 
 COST_METRICS = ("state", "avg_velocity")
-PAIR_STATE_ESTIMATORS = ("meancache2",)
+PAIR_STATE_ESTIMATORS = ("meancache2", ADAPTIVE)
 _ROWS_PER_BLOCK = 256  # edge starts swept together: bounds memory on long grids
 
 
@@ -41,12 +41,16 @@ class EdgeCosts:
     layer is the span minus one. For pair-state estimators it is the distance
     back from ``i`` to the computed step before it (``0``: none, only at step
     0). Chain edges cost nothing whatever the band says; undefined edges are
-    ``inf``.
+    ``inf``. ``adaptive`` costs are pair-state; ``choice`` then holds, per
+    band cell, the index into ``options`` of the ``(estimator, span)`` that
+    achieves that cost.
     """
 
     estimator: str
     band: np.ndarray
     source: str
+    choice: np.ndarray | None = None
+    options: tuple[tuple[str, int], ...] = ()
 
     @property
     def steps(self) -> int:
@@ -136,6 +140,9 @@ def trajectory_costs(
         )
     if metric not in COST_METRICS:
         raise ValueError(f"unknown cost metric {metric!r}; choose one of {', '.join(COST_METRICS)}")
+    if estimator == ADAPTIVE:
+        args = (max_span, max_gap, metric, source)
+        return cheapest_per_edge([trajectory_costs(sigmas, velocities, states, e, *args) for e in BASE_ESTIMATORS])
     gap = max(1, min(max_gap, n - 1))
     if estimator in PAIR_STATE_ESTIMATORS:
         layers = [(back, 1) for back in range(gap + 1)]  # (distance to the previous computed step, span)
@@ -200,3 +207,29 @@ def _sweep(
             deviation = deviation / np.where(length > 0, length, 1.0)
         out[live, k + 1] = deviation[live]
     return out
+
+
+def cheapest_per_edge(parts: list[EdgeCosts]) -> EdgeCosts:
+    """``adaptive`` costs: for every edge (and computed step before it), the cheapest estimator and span.
+
+    ``parts`` are costs of base estimators on one grid. A pair-state part is
+    one option (its span follows the computed steps); each span of a
+    single-state part is another, and as it does not depend on the step
+    before the edge it applies under every layer.
+    """
+    steps, width = parts[0].steps, parts[0].band.shape[2]
+    back = width  # layers of a pair-state band: distance 0..max gap to the step before the edge
+    options, costs = [], []
+    for part in parts:
+        if part.steps != steps or part.band.shape[2] != width or part.estimator == ADAPTIVE:
+            raise ValueError("only base-estimator costs of one grid and one max gap can be combined")
+        if part.pair_state:
+            options.append((part.estimator, 0))
+            costs.append(part.band[:back])
+        else:
+            options += [(part.estimator, k + 1) for k in range(part.band.shape[0])]
+            costs += [np.broadcast_to(layer, (back, steps, width)) for layer in part.band]
+    stacked = np.where(np.isnan(np.stack(costs)), np.inf, np.stack(costs))
+    choice = np.argmin(stacked, axis=0)
+    band = np.take_along_axis(stacked, choice[None], axis=0)[0]
+    return EdgeCosts(ADAPTIVE, band, parts[0].source, choice, tuple(options))

@@ -20,7 +20,9 @@ import torch
 
 Weights = dict[int, float]
 
-ESTIMATORS = ("meancache", "meancache2", "reuse")
+BASE_ESTIMATORS = ("meancache", "meancache2", "reuse")
+ADAPTIVE = "adaptive"  # per edge, whichever base estimator the costs price lowest
+ESTIMATORS = (*BASE_ESTIMATORS, ADAPTIVE)
 DEFAULT_ESTIMATOR = "meancache2"
 
 
@@ -85,7 +87,7 @@ def meancache2_weights(sigmas: Sequence[float], step: int, computed: Sequence[in
 def estimator_weights(
     estimator: str, sigmas: Sequence[float], step: int, span: int, computed: Sequence[int]
 ) -> Weights:
-    """Weights of ``estimator`` at skipped ``step``; ``computed`` lists earlier computed steps in order."""
+    """Weights of base ``estimator`` at skipped ``step``; ``computed`` lists earlier computed steps in order."""
     if estimator == "meancache":
         return meancache_weights(sigmas, step, span)
     if estimator == "meancache2":

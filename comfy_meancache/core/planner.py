@@ -200,24 +200,27 @@ def _schedule_from_path(
 ) -> Schedule:
     n = len(sigmas) - 1
     nodes = [int(i) for i in nodes]
-    compute = [False] * n
-    for i in nodes:
-        compute[i] = True
-    if costs.pair_state:
-        span = meancache2_spans(compute)
-    else:
-        spans_of = _edge_band(costs.band, settings)[1]
-        span = [0] * n
-        for a, b in zip(nodes, nodes[1:]):
-            for i in range(a + 1, b):
-                span[i] = int(spans_of[a, b - a])
+    compute = [i in set(nodes) for i in range(n)]
+    span = meancache2_spans(compute) if costs.pair_state else [0] * n
+    used = [""] * n if costs.choice is not None else []
+    spans_of = None if costs.pair_state else _edge_band(costs.band, settings)[1]
     edges = []
     for k, (a, b) in enumerate(zip(nodes, nodes[1:])):
         if b - a < 2:
             continue
-        layer = (a - nodes[k - 1] if k > 0 else 0) if costs.pair_state else span[a + 1] - 1
-        cost = float(costs.band[layer, a, b - a])
-        edges.append(Edge(a, b, span[a + 1], cost))
+        back = a - nodes[k - 1] if k > 0 else 0
+        layer = back if costs.pair_state else int(spans_of[a, b - a]) - 1
+        estimator, k_span = costs.estimator, layer + 1
+        if costs.choice is not None:
+            estimator, k_span = costs.options[int(costs.choice[layer, a, b - a])]
+            k_span = k_span or span[a + 1]  # meancache2's span is the distance its JVP looks back
+        elif costs.pair_state:
+            k_span = span[a + 1]
+        for i in range(a + 1, b):
+            span[i] = k_span
+            if used:
+                used[i] = estimator
+        edges.append(Edge(a, b, k_span, float(costs.band[layer, a, b - a]), estimator))
     return Schedule(
         sigmas=sigmas,
         compute=compute,
@@ -227,4 +230,5 @@ def _schedule_from_path(
         settings=settings,
         edges=tuple(edges),
         notes=(f"planned by PSSP from {costs.source} costs",),
+        step_estimators=used,
     )

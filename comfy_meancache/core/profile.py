@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +28,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .costs import EdgeCosts, trajectory_costs
+from .costs import EdgeCosts, cheapest_per_edge, trajectory_costs
+from .estimators import ADAPTIVE, BASE_ESTIMATORS
 
 PROFILE_FORMAT = "comfy-meancache-profile"
 PROFILE_VERSION = 1
@@ -107,11 +110,7 @@ class Profile:
     runs: list[Trajectory] = field(default_factory=list)
 
     def add(self, run: Trajectory) -> None:
-        if self.runs and run.velocities.shape[1:] != self.runs[0].velocities.shape[1:]:
-            raise ValueError(
-                f"profile {self.name!r} holds runs of shape {tuple(self.runs[0].velocities.shape[1:])}; "
-                f"this run has {tuple(run.velocities.shape[1:])} (use another profile name per latent size)"
-            )
+        """Keep ``run``; any latent shape and batch size, as costs are per-element means of each run."""
         if len(self.runs) >= MAX_RUNS:
             raise ValueError(f"profile {self.name!r} already holds {MAX_RUNS} runs")
         self.runs.append(run)
@@ -122,6 +121,8 @@ class Profile:
         """Edge costs on ``sigmas``, averaged over the runs; the source says if it interpolated."""
         if not self.runs:
             raise ValueError(f"profile {self.name!r} holds no runs yet")
+        if estimator == ADAPTIVE:  # average each estimator over the runs first, then pick per edge
+            return cheapest_per_edge([self.costs(sigmas, e, max_span, max_gap, metric) for e in BASE_ESTIMATORS])
         tables, interpolated = [], False
         for run in self.runs:
             velocities, states, moved = run.on_grid(list(sigmas))
@@ -131,14 +132,20 @@ class Profile:
         return EdgeCosts(estimator, np.mean(tables, axis=0), source)
 
     def save(self, folder: Path) -> Path:
-        """Write ``<name>.json`` and ``<name>.safetensors`` into ``folder``; returns the JSON path."""
+        """Write ``<name>.json`` and ``<name>.safetensors`` into ``folder``; returns the JSON path.
+
+        Both files are written to temporary files beside them and then moved
+        into place, JSON last: a save that fails while writing (full disk,
+        interrupt) leaves the previous profile as it was and no temporary
+        file. Between the two moves the old JSON meets the new tensors, which
+        still begin with its runs when runs were only added (calibration).
+        """
         json_path, tensor_path = profile_paths(folder, self.name)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {}
         for k, run in enumerate(self.runs):
             tensors[f"run{k}.velocities"] = run.velocities.contiguous()
             tensors[f"run{k}.states"] = run.states.contiguous()
-        save_file(tensors, str(tensor_path))
         document = {
             "format": PROFILE_FORMAT,
             "version": PROFILE_VERSION,
@@ -146,7 +153,15 @@ class Profile:
             "metadata": self.metadata,
             "runs": [{"sigmas": run.sigmas} for run in self.runs],
         }
-        json_path.write_text(json.dumps(document, indent=1))
+        tensor_tmp, json_tmp = _temporary(tensor_path), _temporary(json_path)
+        try:
+            save_file(tensors, str(tensor_tmp))
+            json_tmp.write_text(json.dumps(document, indent=1))
+            os.replace(tensor_tmp, tensor_path)
+            os.replace(json_tmp, json_path)
+        finally:
+            tensor_tmp.unlink(missing_ok=True)
+            json_tmp.unlink(missing_ok=True)
         return json_path
 
     @classmethod
@@ -183,6 +198,13 @@ def _check_document(document: object) -> None:
     for entry in document["runs"]:
         if not isinstance(entry, dict) or not isinstance(entry.get("sigmas"), list) or len(entry["sigmas"]) > 10001:
             raise ValueError("each run needs a list of at most 10001 sigmas")
+
+
+def _temporary(path: Path) -> Path:
+    """A new empty file beside ``path`` (same file system, so ``os.replace`` is atomic); never listed."""
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    return Path(name)
 
 
 def profile_paths(folder: Path, name: str) -> tuple[Path, Path]:

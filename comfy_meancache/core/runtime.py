@@ -124,8 +124,7 @@ class CachedDenoiser:
         """The run's statistics; the first access ends the run and frees its tensors."""
         if self._stats is None:
             self._stats = self.stepper.finish()
-            if self.matcher.extra_evaluations:
-                self._stats.notes.append(f"{self.matcher.extra_evaluations} extra sampler evaluations computed")
+            self._stats.extra_evaluations = self.matcher.extra_evaluations
         return self._stats
 
 

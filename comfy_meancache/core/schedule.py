@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
-from .estimators import ESTIMATORS
+from .estimators import ADAPTIVE, BASE_ESTIMATORS, ESTIMATORS
 
 SCHEDULE_FORMAT = "comfy-meancache-schedule"
 SCHEDULE_VERSION = 1
@@ -41,6 +41,7 @@ class Edge:
     end: int
     span: int
     cost: float | None
+    estimator: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class Schedule:
     edges: tuple[Edge, ...] = ()
     notes: tuple[str, ...] = ()
     part_of: tuple[int, int] | None = None
+    step_estimators: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sigmas", tuple(float(s) for s in self.sigmas))
@@ -72,6 +74,7 @@ class Schedule:
         object.__setattr__(self, "span", tuple(int(k) for k in self.span))
         object.__setattr__(self, "edges", tuple(self.edges))
         object.__setattr__(self, "notes", tuple(self.notes))
+        object.__setattr__(self, "step_estimators", tuple(self.step_estimators))
         if self.part_of is not None:
             object.__setattr__(self, "part_of", (int(self.part_of[0]), int(self.part_of[1])))
         validate(self)
@@ -92,10 +95,15 @@ class Schedule:
     def computed_steps(self) -> tuple[int, ...]:
         return tuple(i for i, c in enumerate(self.compute) if c)
 
+    def estimator_at(self, step: int) -> str:
+        """The base estimator of skipped ``step`` (per step for ``adaptive`` plans)."""
+        return self.step_estimators[step] if self.estimator == ADAPTIVE else self.estimator
+
     @property
-    def max_lookback(self) -> int:
-        """The most recent used velocities any skipped step may read."""
-        return max((k for k, c in zip(self.span, self.compute) if not c), default=1)
+    def history_window(self) -> int:
+        """How many recent used velocities a skip may read (``meancache`` reads ``K``; the others none)."""
+        spans = [k for i, k in enumerate(self.span) if not self.compute[i] and self.estimator_at(i) == "meancache"]
+        return max(spans, default=1)
 
     def summary(self) -> str:
         """One line, e.g. ``50 steps -> 20 model calls (2.50x), skips 30, spans K=2..5``."""
@@ -104,6 +112,9 @@ class Schedule:
         spans = sorted({k for k, c in zip(self.span, self.compute) if not c})
         if spans:
             text += f", spans K={spans[0]}" + (f"..{spans[-1]}" if spans[-1] != spans[0] else "")
+        if self.estimator == ADAPTIVE and skips:
+            used = [self.estimator_at(i) for i, c in enumerate(self.compute) if not c]
+            text += " (" + ", ".join(f"{e} x{used.count(e)}" for e in BASE_ESTIMATORS if e in used) + ")"
         return text
 
     def with_notes(self, *notes: str) -> Schedule:
@@ -139,12 +150,13 @@ class Schedule:
         stop = start + len(sigmas) - 1
         compute = list(self.compute[start:stop])
         span = list(self.span[start:stop])
+        used = list(self.step_estimators[start:stop])
         notes = [f"fragment: steps {start}..{stop - 1} of the {self.steps}-step plan"]
         if not compute[0]:
             compute[0], span[0] = True, 0
+            used[:1] = [""] * len(used[:1])
             notes.append(f"step {start} computed although planned to skip: a fragment starts without history")
-        if self.estimator == "meancache2":
-            span = meancache2_spans(compute)
+        span = _spans_for(self.estimator, compute, span, used)
         edges = tuple(
             replace(e, start=e.start - start, end=e.end - start) for e in self.edges if start <= e.start < e.end < stop
         )
@@ -158,6 +170,7 @@ class Schedule:
             edges=edges,
             notes=self.notes + tuple(notes),
             part_of=(start + (self.part_of[0] if self.part_of else 0), self.part_of[1] if self.part_of else self.steps),
+            step_estimators=used,
         )
 
     def remap(self, new_sigmas: Sequence[float]) -> Schedule:
@@ -185,10 +198,12 @@ class Schedule:
         nodes = {_nearest(sigmas[:-1], self.sigmas[i]) for i in self.computed_steps} | forced
         nodes = _resize(sorted(nodes), target, forced, self.settings.max_gap)
         compute = [i in nodes for i in range(n)]
-        old_span = self._span_by_step()
-        span = [0 if c else old_span[_nearest(self.sigmas[:-1], sigmas[i])] for i, c in enumerate(compute)]
+        old_span, old_estimator = self._span_by_step(), self._estimator_by_step()
+        nearest = [_nearest(self.sigmas[:-1], s) for s in sigmas[:-1]]
+        span = [0 if c else old_span[nearest[i]] for i, c in enumerate(compute)]
+        used = [("" if c else old_estimator[nearest[i]]) for i, c in enumerate(compute)] if old_estimator else []
         note = f"remapped {self.summary()} onto {n} steps by sigma"
-        return _build(self, sigmas, compute, span, note)
+        return _build(self, sigmas, compute, span, note, used)
 
     def _span_by_step(self) -> list[int]:
         """Span per old step, where a computed step takes the span of the skips after it."""
@@ -197,6 +212,16 @@ class Schedule:
             if span[i] == 0:
                 span[i] = span[i + 1] if i + 1 < len(span) and span[i + 1] else 1
         return span
+
+    def _estimator_by_step(self) -> list[str]:
+        """For adaptive plans, the estimator per old step, a computed step taking that of the skips after it."""
+        if self.estimator != ADAPTIVE:
+            return []
+        used = list(self.step_estimators)
+        for i in range(len(used) - 1, -1, -1):
+            if self.compute[i]:
+                used[i] = used[i + 1] if i + 1 < len(used) and not self.compute[i + 1] else "reuse"
+        return used
 
     def to_dict(self) -> dict:
         return {
@@ -212,6 +237,7 @@ class Schedule:
             "edges": [asdict(e) for e in self.edges],
             "notes": list(self.notes),
             "part_of": list(self.part_of) if self.part_of else None,
+            "step_estimators": list(self.step_estimators),
         }
 
     def to_json(self, indent: int | None = None) -> str:
@@ -236,6 +262,7 @@ class Schedule:
                 edges=tuple(Edge(**e) for e in data.get("edges", [])),
                 notes=tuple(data.get("notes", [])),
                 part_of=tuple(data["part_of"]) if data.get("part_of") else None,
+                step_estimators=tuple(data.get("step_estimators", [])),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed schedule: {exc}") from exc
@@ -270,6 +297,16 @@ def validate(schedule: Schedule) -> None:
         raise ValueError(f"compute steps {schedule.model_calls} > budget {schedule.budget}")
     if schedule.budget > n:
         raise ValueError(f"compute steps {schedule.budget} > steps {n}")
+    if schedule.estimator == ADAPTIVE:
+        if len(schedule.step_estimators) != n:
+            raise ValueError(
+                f"an adaptive plan names an estimator per step: {n} needed, got {len(schedule.step_estimators)}"
+            )
+        for i, (c, e) in enumerate(zip(schedule.compute, schedule.step_estimators)):
+            if not c and e not in BASE_ESTIMATORS:
+                raise ValueError(f"skipped step {i}: estimator {e!r} is not one of {', '.join(BASE_ESTIMATORS)}")
+    elif schedule.step_estimators:
+        raise ValueError(f"per-step estimators are for adaptive plans, not {schedule.estimator!r}")
     for i, (c, k) in enumerate(zip(schedule.compute, schedule.span)):
         if c and k != 0:
             raise ValueError(f"computed step {i} has span {k}; computed steps carry span 0")
@@ -325,14 +362,25 @@ def _resize(nodes: list[int], target: int, forced: set[int], max_gap: int) -> se
     return set(nodes)
 
 
+def _spans_for(estimator: str, compute: list[bool], span: list[int], used: Sequence[str]) -> list[int]:
+    """Spans after the computed steps changed: ``meancache2`` skips take the distance their JVP spans."""
+    derived = meancache2_spans(compute)
+    return [
+        derived[i] if not c and (used[i] if estimator == ADAPTIVE else estimator) == "meancache2" else span[i]
+        for i, c in enumerate(compute)
+    ]
+
+
 def _all_computed(schedule: Schedule, sigmas: list[float], note: str) -> Schedule:
     n = len(sigmas) - 1
-    return _build(schedule, sigmas, [True] * n, [0] * n, note)
+    used = [""] * n if schedule.estimator == ADAPTIVE else []
+    return _build(schedule, sigmas, [True] * n, [0] * n, note, used)
 
 
-def _build(schedule: Schedule, sigmas: list[float], compute: list[bool], span: list[int], note: str) -> Schedule:
-    if schedule.estimator == "meancache2":
-        span = meancache2_spans(compute)
+def _build(
+    schedule: Schedule, sigmas: list[float], compute: list[bool], span: list[int], note: str, used: list[str]
+) -> Schedule:
+    span = _spans_for(schedule.estimator, compute, span, used)
     n = len(compute)
     return Schedule(
         sigmas=sigmas,
@@ -341,8 +389,9 @@ def _build(schedule: Schedule, sigmas: list[float], compute: list[bool], span: l
         estimator=schedule.estimator,
         budget=min(n, max(sum(compute), round(schedule.budget * n / schedule.steps))),
         settings=schedule.settings,
-        edges=tuple(Edge(a, b, span[a + 1], None) for a, b in _edge_pairs(compute)),
+        edges=tuple(Edge(a, b, span[a + 1], None, used[a + 1] if used else "") for a, b in _edge_pairs(compute)),
         notes=schedule.notes + (note,),
+        step_estimators=used,
     )
 
 

@@ -52,13 +52,22 @@ class StepRecord:
 
 @dataclass
 class RunStats:
-    """Per-step record of one run, for the log line and the report."""
+    """Per-step record of one run, for the log line and the report.
+
+    ``extra_evaluations`` counts the sampler's evaluations that are not a
+    step's first (Heun correctors, dpm_2 midpoints, a sigma-0 evaluation):
+    they call the model with or without MeanCache, so the speedup counts them
+    on both sides instead of claiming the step ratio.
+    """
 
     schedule: Schedule
     records: list[StepRecord] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     output_fingerprint: tuple[float, ...] | None = None
+    extra_evaluations: int = 0
+    #: Peak bytes of the velocity history kept between steps (what the cache costs in memory).
+    history_bytes: int = 0
 
     def matches(self, latent: torch.Tensor) -> bool:
         """Whether ``latent`` is this run's output (compared by :func:`fingerprint`)."""
@@ -75,7 +84,18 @@ class RunStats:
 
     @property
     def model_calls(self) -> int:
+        """Steps whose evaluation called the model (the plan's unit; see :attr:`evaluations`)."""
         return sum(r.action is Action.COMPUTE for r in self.records)
+
+    @property
+    def evaluations(self) -> int:
+        """Every model evaluation of the run: computed steps plus the extra evaluations."""
+        return self.model_calls + self.extra_evaluations
+
+    @property
+    def uncached_evaluations(self) -> int:
+        """The evaluations the same sampler makes without MeanCache over the steps it ran."""
+        return self.steps_run + self.extra_evaluations
 
     @property
     def skipped(self) -> int:
@@ -87,13 +107,18 @@ class RunStats:
 
     @property
     def speedup(self) -> float:
-        return self.steps_run / self.model_calls if self.model_calls else 1.0
+        return self.uncached_evaluations / self.evaluations if self.evaluations else 1.0
 
     def summary(self) -> str:
-        """``50 steps -> 20 model calls (2.50x), 30 skipped, 38.4 s``."""
+        """``50 steps -> 20 model calls (2.50x), 30 skipped, 38.4 s, history 3.0 MiB peak``; with extra
+        evaluations ``30 steps + 29 extra evaluations -> 41 model calls (59 uncached, 1.44x), 18 skipped, ...``."""
+        work, ratio = f"{self.steps_run} steps", f"{self.speedup:.2f}x"
+        if self.extra_evaluations:
+            work += f" + {self.extra_evaluations} extra evaluations"
+            ratio = f"{self.uncached_evaluations} uncached, {ratio}"
         text = (
-            f"{self.steps_run} steps -> {self.model_calls} model calls ({self.speedup:.2f}x), "
-            f"{self.skipped} skipped, {self.wall_s:.1f} s"
+            f"{work} -> {self.evaluations} model calls ({ratio}), {self.skipped} skipped, {self.wall_s:.1f} s, "
+            f"history {format_bytes(self.history_bytes)} peak"
         )
         if self.fallbacks:
             text += f", {len(self.fallbacks)} planned skips computed"
@@ -101,6 +126,14 @@ class RunStats:
         if bad:
             text += f", NaN/inf from the model at step(s) {bad}"
         return text
+
+
+def format_bytes(size: int) -> str:
+    """``size`` in KiB, MiB or GiB with one decimal (bytes below 1 KiB)."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
 
 
 def fingerprint(latent: torch.Tensor, size: int = 64) -> tuple[float, ...]:
@@ -126,7 +159,7 @@ class Stepper:
         self.debug = debug
         self.cache_device = torch.device(cache_device) if cache_device is not None else None
         self.stats = RunStats(schedule)
-        self._window = schedule.max_lookback if schedule.estimator == "meancache" else 1
+        self._window = schedule.history_window
         self._velocities: dict[int, torch.Tensor] = {}
         self._finite: dict[int, torch.Tensor | bool] = {}
         self._computed: list[int] = []
@@ -156,7 +189,9 @@ class Stepper:
         # one reduction, no copy; NaN and inf survive a sum. Resolved only when a skip reads it.
         self._finite[step] = torch.isfinite(velocity.sum(dtype=torch.float32))
         if self.cache_device is not None:
-            velocity = velocity.to(self.cache_device, non_blocking=True)
+            # blocking: the host reads this copy (estimates, finiteness); a non_blocking
+            # device-to-host copy may still be in flight then, and nothing else syncs first
+            velocity = velocity.to(self.cache_device)
         self._velocities[step] = velocity
         self._computed.append(step)
         del self._computed[:-2]
@@ -170,7 +205,11 @@ class Stepper:
         self._prune(step)
         if self.debug:
             self.stats.notes.append(f"step {step}: weights {weights}, |v| {float(velocity.abs().mean()):.4g}")
-        return velocity.to(self._meta[2], non_blocking=True) if self.cache_device is not None else velocity
+        if self.cache_device is None:
+            return velocity
+        # host to device may overlap with the host: the stepper never writes this estimate in
+        # place, and a copy from pageable memory is staged before the call returns
+        return velocity.to(self._meta[2], non_blocking=True)
 
     def finish(self) -> RunStats:
         """Free all tensors and return the statistics of the run."""
@@ -186,7 +225,7 @@ class Stepper:
     def _weights(self, step: int) -> dict[int, float]:
         computed = self._computed[-2:]
         return estimator_weights(
-            self.schedule.estimator, self.schedule.sigmas, step, self.schedule.span[step], computed
+            self.schedule.estimator_at(step), self.schedule.sigmas, step, self.schedule.span[step], computed
         )
 
     def _missing_history(self, step: int) -> str:
@@ -216,6 +255,17 @@ class Stepper:
             del self._velocities[old]
         for old in [m for m in self._finite if m not in keep and isinstance(self._finite[m], bool)]:
             del self._finite[old]
+        self._track_history()
+
+    def _track_history(self) -> None:
+        """Update the peak size of the kept velocities from shapes alone (no device sync).
+
+        Each tensor counts once: plain reuse keeps the cached velocity itself
+        as the skipped step's, not a copy.
+        """
+        kept = {id(v): v for v in self._velocities.values()}.values()
+        size = sum(v.element_size() * v.numel() for v in kept)
+        self.stats.history_bytes = max(self.stats.history_bytes, size)
 
     def _forget(self) -> None:
         self._velocities.clear()

@@ -127,3 +127,13 @@ else:
 
         caplog.set_level(logging.DEBUG)
         return caplog
+
+    @pytest.fixture
+    def user_dir(tmp_path):
+        """ComfyUI's user directory (where profiles are saved) in ``tmp_path`` for one test."""
+        import folder_paths
+
+        before = folder_paths.get_user_directory()
+        folder_paths.set_user_directory(str(tmp_path))
+        yield tmp_path
+        folder_paths.set_user_directory(before)

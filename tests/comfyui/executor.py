@@ -14,8 +14,9 @@ without starting a server:
   from the cache, their outputs, ui, progress texts and the model forwards.
 * :func:`ui_to_api`: a UI-format (0.4) workflow to an API-format prompt, with
   ``widgets_values`` named by the real node definitions.
-* :func:`swap_to_tiny`: rewrites a Z-Image prompt to the test-only nodes
-  (tiny random Z-Image model, stand-in text encoder and decoder), which are
+* :func:`swap_to_tiny`: rewrites a prompt of one family (Z-Image, Flux, Qwen-Image,
+  Wan) to the test-only nodes (the family's tiny random model, stand-in text
+  encoder and decoder), which are
   in ``nodes.NODE_CLASS_MAPPINGS`` only inside :func:`test_nodes_installed`.
 * :data:`PROBE`: a DIFFUSION_MODEL wrapper on the tiny model counting real
   forwards and which MeanCache holder / run state each one saw.
@@ -182,15 +183,29 @@ PROBE = ModelCallProbe()
 # --------------------------------------------------------------------------
 
 
-def tiny_model():
-    """The process-wide tiny Z-Image model, probed (built once: same weights every run)."""
-    if "model" not in _STATE:
-        _STATE["model"] = PROBE.attach(harness.tiny_zimage(seed=0))
-    return _STATE["model"]
+#: Tiny builders per family, for the test loader (Wan 2.2's experts are Wan 2.1-architecture models).
+TINY_BUILDERS = {
+    "zimage": harness.tiny_zimage,
+    "flux": harness.tiny_flux,
+    "qwen_image": harness.tiny_qwen_image,
+    "wan21": harness.tiny_wan21,
+}
+
+
+def tiny_model(family: str = "zimage", unet_name: str = ""):
+    """The process-wide tiny model of ``family`` for one file name, probed (built once: same weights every run).
+
+    Seed 0, except seed 1 for a file named ``*low_noise*`` (Wan 2.2's second expert), so two loaders of one
+    family give two different models as in the real workflow.
+    """
+    key = ("model", family, "low_noise" in unet_name)
+    if key not in _STATE:
+        _STATE[key] = PROBE.attach(TINY_BUILDERS[family](seed=int(key[2])))
+    return _STATE[key]
 
 
 class TinyZImageTestLoader:
-    """UNETLoader stand-in: the tiny random Z-Image model (file name and dtype are ignored)."""
+    """UNETLoader stand-in: the tiny random model of ``family`` (the file name only picks Wan 2.2's expert)."""
 
     RELATIVE_PYTHON_MODULE = TEST_MODULE
     CATEGORY = "_for_testing"
@@ -199,14 +214,17 @@ class TinyZImageTestLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"unet_name": ("STRING", {"default": ""}), "weight_dtype": ("STRING", {"default": ""})}}
+        return {
+            "required": {"unet_name": ("STRING", {"default": ""}), "weight_dtype": ("STRING", {"default": ""})},
+            "optional": {"family": (list(TINY_BUILDERS), {"default": "zimage"})},
+        }
 
-    def load(self, unet_name: str, weight_dtype: str):
-        return (tiny_model(),)
+    def load(self, unet_name: str, weight_dtype: str, family: str = "zimage"):
+        return (tiny_model(family, unet_name),)
 
 
 class TinyZImageTestTextEncode:
-    """CLIPTextEncode stand-in: random Z-Image conditioning seeded by the text.
+    """CLIPTextEncode stand-in: random conditioning of ``family``'s shape, seeded by the text.
 
     All prompts get the same token count (``tokens``), so cond and uncond batch
     into one forward per step at cfg != 1 and forwards == planned model calls.
@@ -223,16 +241,20 @@ class TinyZImageTestTextEncode:
             "required": {
                 "text": ("STRING", {"multiline": True}),
                 "tokens": ("INT", {"default": 8, "min": 1, "max": 512}),
-            }
+            },
+            "optional": {"family": (list(TINY_BUILDERS), {"default": "zimage"})},
         }
 
-    def encode(self, text: str, tokens: int):
+    def encode(self, text: str, tokens: int, family: str = "zimage"):
         seed = zlib.crc32(text.encode("utf-8")) & 0x7FFFFFFF
-        return (harness.make_conditioning(tiny_model(), tokens=tokens, seed=seed),)
+        return (harness.make_conditioning(tiny_model(family), tokens=tokens, seed=seed),)
 
 
 class TinyTestImageDecode:
-    """VAEDecode stand-in: the first three latent channels through a sigmoid, as a ``[B,H,W,3]`` IMAGE."""
+    """VAEDecode stand-in: the first three latent channels through a sigmoid, as a ``[B,H,W,3]`` IMAGE.
+
+    A 5-D video latent ``[B,C,T,H,W]`` gives its ``B*T`` frames, as a video VAE's decode does.
+    """
 
     RELATIVE_PYTHON_MODULE = TEST_MODULE
     CATEGORY = "_for_testing"
@@ -245,6 +267,8 @@ class TinyTestImageDecode:
 
     def decode(self, samples: dict):
         latent = samples["samples"].float()
+        if latent.ndim == 5:
+            latent = latent.movedim(2, 1).flatten(0, 1)
         return (torch.sigmoid(latent[:, :3]).permute(0, 2, 3, 1).contiguous(),)
 
 
@@ -450,31 +474,43 @@ def set_literal(prompt: dict, node_id: str, name: str, value) -> None:
         prompt[node_id]["inputs"][name] = value
 
 
-_STEP_NODES = ("KSampler", "BasicScheduler", "MeanCachePlanner")
+_STEP_NODES = ("KSampler", "KSamplerAdvanced", "BasicScheduler", "MeanCachePlanner")
 
 
-def swap_to_tiny(prompt: dict, *, image_size: int = 128, steps: int | None = None, tokens: int = 8) -> dict[str, dict]:
-    """A copy of a Z-Image prompt that runs on the test-only tiny nodes.
+def swap_to_tiny(
+    prompt: dict,
+    *,
+    image_size: int = 128,
+    steps: int | None = None,
+    tokens: int = 8,
+    family: str = "zimage",
+    video_length: int = 9,
+) -> dict[str, dict]:
+    """A copy of a prompt for ``family`` (a :data:`TINY_BUILDERS` key) that runs on the test-only tiny nodes.
 
-    UNETLoader -> :class:`TinyZImageTestLoader`; CLIPTextEncode ->
+    UNETLoader -> :class:`TinyZImageTestLoader` of ``family``; CLIPTextEncode ->
     :class:`TinyZImageTestTextEncode` (``tokens`` tokens each); VAEDecode ->
-    :class:`TinyTestImageDecode`; CLIPLoader and VAELoader go (nothing else
-    may use them); EmptySD3LatentImage makes ``image_size`` pixel images
-    (128 -> a 16x16 latent). ``steps`` overrides the steps of every sampler,
-    scheduler and planner (and their shared primitive) alike.
+    :class:`TinyTestImageDecode`; CLIPLoader, DualCLIPLoader and VAELoader go
+    (nothing else may use them); EmptySD3LatentImage and EmptyHunyuanLatentVideo
+    make ``image_size`` pixel images (128 -> a 16x16 latent), the video one
+    ``video_length`` frames (9 -> 3 latent frames). ``steps`` overrides the steps
+    of every sampler, scheduler and planner (and their shared primitive) alike.
     """
     api = copy.deepcopy(prompt)
-    dropped = set(node_ids(api, "CLIPLoader") + node_ids(api, "VAELoader"))
+    dropped = set(node_ids(api, "CLIPLoader") + node_ids(api, "DualCLIPLoader") + node_ids(api, "VAELoader"))
     for node in api.values():
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "UNETLoader":
             node["class_type"] = TINY_LOADER
+            inputs["family"] = family
         elif kind == "CLIPTextEncode":
-            node["class_type"], node["inputs"] = TINY_TEXT, {"text": inputs["text"], "tokens": tokens}
+            node["class_type"], node["inputs"] = TINY_TEXT, {"text": inputs["text"], "tokens": tokens, "family": family}
         elif kind == "VAEDecode":
             node["class_type"], node["inputs"] = TINY_DECODE, {"samples": inputs["samples"]}
         elif kind == "EmptySD3LatentImage":
             inputs.update(width=image_size, height=image_size)
+        elif kind == "EmptyHunyuanLatentVideo":
+            inputs.update(width=image_size, height=image_size, length=video_length)
     for node_id in dropped:
         del api[node_id]
     for node_id, node in api.items():
@@ -644,6 +680,9 @@ class ComfyExecutor:
 
     def run(self, prompt: dict, *, validate: bool = True, keep_outputs: bool = True) -> RunResult:
         """Validate and execute ``prompt`` (API format) as one queue item."""
+        # The server parses each queued prompt afresh; the executor writes into it (each node's
+        # fingerprint_inputs result), so re-running one dict would reuse stale fingerprints.
+        prompt = copy.deepcopy(prompt)
         prompt_id = uuid.uuid4().hex
         outputs = (
             self.validate(prompt, prompt_id)

@@ -14,13 +14,18 @@ Overview
 --------
 Models (random weights, fp32, CPU; ``ModelPatcher`` like a loader's MODEL):
     tiny_zimage(seed=0)       Z-Image: model_base.Lumina2 + supported_models.ZImage, shift 3.0
-    tiny_flow_other(seed=0)   Flux (model_base.Flux, ModelType.FLUX, ModelSamplingFlux shift 1.15)
+    tiny_flux(seed=0)         Flux dev, guidance embed (model_base.Flux, ModelSamplingFlux shift 1.15);
+                              also tiny_flow_other
+    tiny_qwen_image(seed=0)   Qwen-Image (model_base.QwenImage, shift 1.15)
+    tiny_hunyuan_video(seed=0) HunyuanVideo t2v (5-D latents, shift 7.0)
+    tiny_wan21(seed=0)        Wan 2.1 t2v (model_base.WAN21, 5-D latents, shift 8.0)
+    tiny_wan22_pair(seed=0)   Wan 2.2 A14B: (high-noise, low-noise) tiny Wan 2.1 models
     tiny_sd_eps(seed=0)       SD1.5-style UNet, epsilon prediction, ModelSamplingDiscrete
 Conditioning:
     make_conditioning(model, tokens=..., batch=1, seed=0)     one CONDITIONING list
     make_cond_pair(model, pos_tokens=..., neg_tokens=...)      (positive, negative)
 Latents / sigmas:
-    empty_latent(model, batch=1, height=16, width=16)          {"samples": zeros}
+    empty_latent(model, batch=1, height=16, width=16, frames=3) {"samples": zeros}, 5-D for video
     ksampler_sigmas(model, steps, ...)                         sigmas KSampler would sample
     scheduler_sigmas(model, steps, ...)                        BasicScheduler's output
     split_sigmas(sigmas, step)                                 SplitSigmas' (high, low)
@@ -67,7 +72,23 @@ import comfy.supported_models  # noqa: E402
 import nodes  # noqa: E402
 import torch  # noqa: E402
 from comfy.patcher_extension import WrappersMP  # noqa: E402
-from tiny_models import ZIMAGE_CAP_FEAT_DIM, build, init_weights_, tiny_zimage  # noqa: E402
+from tiny_models import (  # noqa: E402
+    FLUX_CONTEXT_DIM,
+    FLUX_VEC_DIM,
+    HUNYUAN_CONTEXT_DIM,
+    HUNYUAN_VEC_DIM,
+    QWEN_CONTEXT_DIM,
+    WAN_TEXT_DIM,
+    ZIMAGE_CAP_FEAT_DIM,
+    build,
+    init_weights_,
+    tiny_flux,
+    tiny_hunyuan_video,
+    tiny_qwen_image,
+    tiny_wan21,
+    tiny_wan22_pair,
+    tiny_zimage,
+)
 
 __all__ = [
     "COMFYUI_ROOT",
@@ -76,9 +97,21 @@ __all__ = [
     "FLUX_CONTEXT_DIM",
     "FLUX_VEC_DIM",
     "SD_CONTEXT_DIM",
+    "QWEN_CONTEXT_DIM",
+    "HUNYUAN_CONTEXT_DIM",
+    "HUNYUAN_VEC_DIM",
+    "WAN_TEXT_DIM",
+    "FLUX_GUIDANCE",
+    "VIDEO_FAMILIES",
+    "HUNYUAN_GUIDANCE",
     "init_weights_",
     "tiny_zimage",
+    "tiny_flux",
     "tiny_flow_other",
+    "tiny_qwen_image",
+    "tiny_hunyuan_video",
+    "tiny_wan21",
+    "tiny_wan22_pair",
     "tiny_sd_eps",
     "model_family",
     "make_conditioning",
@@ -111,38 +144,12 @@ _STATE: dict = {}
 # Tiny models
 # --------------------------------------------------------------------------
 
-#: Feature widths of the random "text encoder" outputs per family.
-FLUX_CONTEXT_DIM = 32  # real Flux: 4096 (T5-XXL)
-FLUX_VEC_DIM = 16  # real Flux: 768 (CLIP-L pooled)
 SD_CONTEXT_DIM = 64  # real SD1.5: 768 (CLIP-L)
-
-
-def tiny_flow_other(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
-    """Tiny random Flux (dev-style, guidance embed): a flow model that is not Lumina2/Z-Image.
-
-    ``model_base.Flux`` from ``supported_models.Flux``: ModelType.FLUX, i.e.
-    CONST prediction with ``ModelSamplingFlux`` (shift 1.15, multiplier 1),
-    16-channel latents, patch 2; hidden 64, 2 heads, 1 double + 1 single block.
-    """
-    unet_config = {
-        "image_model": "flux",
-        "in_channels": 16,
-        "out_channels": 16,
-        "vec_in_dim": FLUX_VEC_DIM,
-        "context_in_dim": FLUX_CONTEXT_DIM,
-        "hidden_size": 64,
-        "mlp_ratio": 4.0,
-        "num_heads": 2,
-        "depth": 1,
-        "depth_single_blocks": 1,
-        "axes_dim": [8, 12, 12],
-        "theta": 10000,
-        "patch_size": 2,
-        "qkv_bias": True,
-        "guidance_embed": True,
-        "txt_ids_dims": [],
-    }
-    return build(comfy.supported_models.Flux, unet_config, seed)
+FLUX_GUIDANCE = 3.5  # FluxGuidance's default, what Flux dev workflows set
+VIDEO_FAMILIES = ("hunyuan_video", "wan21")  # sampled on 5-D [B, C, T, H, W] latents
+HUNYUAN_GUIDANCE = 6.0  # HunyuanVideo's extra_conds default (its templates use FluxGuidance 6)
+#: The older name of :func:`tiny_flux`: the flow model that is not Lumina2 in the first tests.
+tiny_flow_other = tiny_flux
 
 
 def tiny_sd_eps(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
@@ -176,12 +183,20 @@ def tiny_sd_eps(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
 
 
 def model_family(model) -> str:
-    """``"zimage"``/``"lumina2"``, ``"flux"``, or ``"sd"`` for a ModelPatcher built above (or a real one)."""
+    """The family of a ModelPatcher built above (or a real one): ``"zimage"``, ``"lumina2"``, ``"flux"``,
+    ``"qwen_image"``, ``"hunyuan_video"``, ``"wan21"`` or ``"sd"``."""
     base = model.model
     if isinstance(base, comfy.model_base.Lumina2):
         return "zimage" if isinstance(base.model_config, comfy.supported_models.ZImage) else "lumina2"
-    if isinstance(base, comfy.model_base.Flux):
-        return "flux"
+    families = [
+        (comfy.model_base.Flux, "flux"),
+        (comfy.model_base.QwenImage, "qwen_image"),
+        (comfy.model_base.HunyuanVideo, "hunyuan_video"),
+        (comfy.model_base.WAN21, "wan21"),
+    ]
+    for cls, name in families:
+        if isinstance(base, cls):
+            return name
     if type(base) is comfy.model_base.BaseModel:
         return "sd"
     return type(base).__name__.lower()
@@ -200,9 +215,16 @@ def make_conditioning(model, *, tokens: int | None = None, batch: int = 1, seed:
       ``pooled_output=None``. ``Lumina2.extra_conds`` turns it into
       ``num_tokens``, a ``CONDConstant``: different token counts for positive
       and negative can NOT be batched (two forwards per step at cfg != 1).
-    - Flux: ``[batch, tokens, context_in_dim]`` plus ``pooled_output
-      [batch, vec_in_dim]`` (``guidance`` defaults to 3.5 in extra_conds).
-      ``c_crossattn`` is a ``CONDRegular``: only equal token counts batch.
+    - Flux (dev): ``[batch, tokens, context_in_dim]`` plus ``pooled_output
+      [batch, vec_in_dim]`` and ``guidance`` (:data:`FLUX_GUIDANCE`, as
+      FluxGuidance sets it). ``c_crossattn`` is a ``CONDRegular``: only equal
+      token counts batch. The same holds for the families below.
+    - Qwen-Image: ``[batch, tokens, joint_attention_dim]`` (``QwenImage.extra_conds``
+      reads only ``cross_attn``), ``pooled_output=None``.
+    - HunyuanVideo: ``[batch, tokens, context_in_dim]``, ``pooled_output
+      [batch, vec_in_dim]`` (``encode_adm`` returns it as ``y``) and
+      ``guidance`` (:data:`HUNYUAN_GUIDANCE`).
+    - Wan 2.1/2.2: ``[batch, tokens, text_dim]`` (umT5 hidden states), ``pooled_output=None``.
     - SD: ``[batch, tokens, context_dim]`` (``CONDCrossAttn``), default 77
       tokens; different counts still batch when one is a multiple of the other
       (it is repeated to the lcm), as with real 77/154-token prompts.
@@ -211,24 +233,30 @@ def make_conditioning(model, *, tokens: int | None = None, batch: int = 1, seed:
     """
     family = model_family(model)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    if family in ("zimage", "lumina2"):
-        tokens = 12 if tokens is None else tokens
-        width = model.model.diffusion_model.cap_embedder[1].in_features
-        cross = torch.randn(batch, tokens, width, generator=gen) * scale
-        extras = {"pooled_output": None, "attention_mask": torch.ones(batch, tokens, dtype=torch.int64)}
-    elif family == "flux":
-        tokens = 12 if tokens is None else tokens
-        dm = model.model.diffusion_model
-        cross = torch.randn(batch, tokens, dm.txt_in.in_features, generator=gen) * scale
-        pooled = torch.randn(batch, dm.params.vec_in_dim, generator=gen) * scale
-        extras = {"pooled_output": pooled}
-    elif family == "sd":
+    dm = model.model.diffusion_model
+    if family == "sd":
         tokens = 77 if tokens is None else tokens
         width = model.model.model_config.unet_config["context_dim"]
         cross = torch.randn(batch, tokens, width, generator=gen) * scale
-        extras = {"pooled_output": torch.randn(batch, width, generator=gen) * scale}
+        return [[cross, {"pooled_output": torch.randn(batch, width, generator=gen) * scale}]]
+    tokens = 12 if tokens is None else tokens
+    if family in ("zimage", "lumina2"):
+        width = dm.cap_embedder[1].in_features
+    elif family in ("flux", "qwen_image"):
+        width = dm.txt_in.in_features
+    elif family == "hunyuan_video":
+        width = dm.txt_in.input_embedder.in_features
+    elif family == "wan21":
+        width = dm.text_embedding[0].in_features
     else:
         raise ValueError(f"make_conditioning: unsupported model family {family!r}")
+    cross = torch.randn(batch, tokens, width, generator=gen) * scale
+    extras: dict = {"pooled_output": None}
+    if family in ("zimage", "lumina2"):
+        extras["attention_mask"] = torch.ones(batch, tokens, dtype=torch.int64)
+    elif family in ("flux", "hunyuan_video"):
+        extras["pooled_output"] = torch.randn(batch, dm.params.vec_in_dim, generator=gen) * scale
+        extras["guidance"] = FLUX_GUIDANCE if family == "flux" else HUNYUAN_GUIDANCE
     return [[cross, extras]]
 
 
@@ -258,16 +286,24 @@ def make_cond_pair(
 # --------------------------------------------------------------------------
 
 
-def empty_latent(model=None, batch: int = 1, height: int = 16, width: int = 16, channels: int | None = None) -> dict:
-    """A LATENT dict of zeros ``[batch, C, height, width]`` (latent pixels, not image pixels).
+def empty_latent(
+    model=None, batch: int = 1, height: int = 16, width: int = 16, channels: int | None = None, frames: int = 3
+) -> dict:
+    """A LATENT dict of zeros in latent pixels (not image pixels), shaped as the family's empty-latent node makes it.
 
-    ``C`` is the model's latent channel count (16 for Z-Image/Flux, 4 for SD).
-    Like EmptyLatentImage/EmptySD3LatentImage, the sampler treats an all-zero
-    latent as "empty" and does not run ``process_latent_in`` on it.
+    ``[batch, C, height, width]`` for image models (EmptySD3LatentImage,
+    EmptyLatentImage; Qwen-Image too, which samples it as one frame);
+    ``[batch, C, frames, height, width]`` for the video families HunyuanVideo
+    and Wan (EmptyHunyuanLatentVideo, EmptyWanLatentVideo). ``C`` is the
+    model's latent channel count (16 for the flow models, 4 for SD). Like
+    those nodes' output, the sampler treats an all-zero latent as "empty" and
+    does not run ``process_latent_in`` on it.
     """
     if channels is None:
         channels = 4 if model is None else model.get_model_object("latent_format").latent_channels
-    return {"samples": torch.zeros([batch, channels, height, width])}
+    video = model is not None and model_family(model) in VIDEO_FAMILIES
+    shape = [batch, channels, frames, height, width] if video else [batch, channels, height, width]
+    return {"samples": torch.zeros(shape)}
 
 
 def ksampler_sigmas(

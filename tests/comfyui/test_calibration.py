@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import folder_paths
 import harness
 import pytest
 import torch
@@ -24,14 +23,6 @@ PLANNER = dict(
     max_gap=8,
     estimator="meancache2",
 )
-
-
-@pytest.fixture()
-def user_dir(tmp_path):
-    before = folder_paths.get_user_directory()
-    folder_paths.set_user_directory(str(tmp_path))
-    yield tmp_path
-    folder_paths.set_user_directory(before)
 
 
 @pytest.fixture(scope="module")

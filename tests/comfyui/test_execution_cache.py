@@ -17,6 +17,8 @@ import harness
 import pytest
 import torch
 
+from comfy_meancache.comfyui.nodes import MeanCacheCalibrate
+
 WORKFLOW = harness.PROJECT_ROOT / "workflows" / "zimage_t2i_meancache.json"
 STEPS = 24  # fewer than the workflow's 40 to keep the file fast; Planner and KSampler still share them
 CACHING = ["classic", "lru", "none"]  # ComfyUI's default, --cache-lru N, --cache-none
@@ -124,3 +126,19 @@ def test_changing_the_preset_replans_and_patches_again(engine, prompt, ids):
     assert turbo.model_calls < first.output(ids["MeanCachePlanner"]).model_calls
     check_run(second, ids, turbo)
     assert second.output(ids["MeanCacheApply"], 1) is not first.output(ids["MeanCacheApply"], 1)
+
+
+def test_a_new_calibration_run_replans_on_requeue(engine, prompt, ids):
+    """The Planner's inputs stay the same when a profile gains runs; its fingerprint follows the files."""
+    calibrating = harness.execute_node(MeanCacheCalibrate, model=harness.tiny_zimage(), profile_name="fresh")[0]
+    harness.sample(calibrating, seed=1, steps=STEPS, cfg=4.0)
+    from_profile = json.loads(json.dumps(prompt))
+    from_profile[ids["MeanCachePlanner"]]["inputs"]["cost_source"] = "fresh"
+    first = engine.run(from_profile).raise_for_error()
+    harness.sample(calibrating, seed=2, steps=STEPS, cfg=4.0)
+    second = engine.run(from_profile).raise_for_error()
+    third = engine.run(from_profile).raise_for_error()
+    sources = [r.output(ids["MeanCachePlanner"]).settings.cost_source for r in (first, second)]
+    assert sources == ["profile fresh (1 runs)", "profile fresh (2 runs)"]
+    assert ids["MeanCachePlanner"] in second.executed and ids["KSampler"] in second.executed
+    assert (ids["MeanCachePlanner"] in third.executed) == (engine.cache == "none")

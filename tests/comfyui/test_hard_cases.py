@@ -7,8 +7,8 @@ import harness
 import pytest
 import torch
 
-from comfy_meancache.comfyui import hook
 from comfy_meancache.comfyui.nodes import MeanCacheApply, MeanCachePlanner
+from comfy_meancache.core import runtime
 from comfy_meancache.core.planner import plan
 from comfy_meancache.core.schedule import PlannerSettings, Schedule, fewest_calls
 
@@ -222,12 +222,12 @@ def test_heun_decides_each_step_on_its_own_evaluation_not_the_corrector(zimage, 
         evaluations.append(args[0].clone())
         return executor(*args, **kwargs)
 
-    class SpyStepper(hook.Stepper):
+    class SpyStepper(runtime.Stepper):
         def decide(self, step, x):
             decided[step] = x.clone()
             return super().decide(step, x)
 
-    monkeypatch.setattr(hook, "Stepper", SpyStepper)
+    monkeypatch.setattr(runtime, "Stepper", SpyStepper)
     outer = zimage.clone()
     outer.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, "record_x", record_x)
     patched, holder = patched_with(outer, zimage_plan(zimage))

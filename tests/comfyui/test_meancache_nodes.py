@@ -212,7 +212,7 @@ def test_holder_survives_later_clones_and_reaches_the_report(zimage):
     schedule = planned(zimage)
     patched, holder = applied(zimage, schedule)
     later = patched.clone()  # what a LoRA loader or ModelSamplingAuraFlow after Apply does
-    assert later.model_options["transformer_options"][HOLDER_KEY] is holder
+    assert later.model_options["transformer_options"][HOLDER_KEY].history is holder
     latent = harness.sample(later, seed=9, steps=STEPS, cfg=1.0)
     out = harness.execute_node(MeanCacheReport, schedule=schedule, stats=holder, latent={"samples": latent})
     chart, text = out[0], out[1]

@@ -10,6 +10,7 @@ PromptExecutor with the loaders swapped for the tiny test model.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from pathlib import Path
@@ -20,14 +21,45 @@ import pytest
 import torch
 
 WORKFLOW_DIR = harness.PROJECT_ROOT / "workflows"
-STEMS = ["zimage_t2i_meancache", "zimage_calibrate", "zimage_custom_sampler_meancache"]
+STEMS = [
+    "zimage_t2i_meancache",
+    "zimage_calibrate",
+    "zimage_custom_sampler_meancache",
+    "flux_dev_t2i_meancache",
+    "qwen_image_t2i_meancache",
+    "wan22_t2v_meancache",
+]
+#: The tiny model family each workflow runs on (executor.TINY_BUILDERS); Wan 2.2's experts are Wan 2.1 models.
+FAMILY = {stem: stem.split("_")[0] for stem in STEMS} | {
+    "qwen_image_t2i_meancache": "qwen_image",
+    "wan22_t2v_meancache": "wan21",
+}
 TOP_LEVEL = {"id", "revision", "last_node_id", "last_link_id", "nodes", "links", "groups", "config", "extra", "version"}
 NODE_KEYS = {"id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs", "properties", "widgets_values"}
-# The model files of ComfyUI's Z-Image templates (comfyui_workflow_templates), by loader.
-MODEL_FILES = {
-    "UNETLoader": ("unet_name", "z_image_bf16.safetensors", "diffusion_models"),
-    "CLIPLoader": ("clip_name", "qwen_3_4b.safetensors", "text_encoders"),
-    "VAELoader": ("vae_name", "ae.safetensors", "vae"),
+# (loader, widget, file, models folder) of each workflow, as ComfyUI's own templates for the model name them.
+ZIMAGE_FILES = [
+    ("UNETLoader", "unet_name", "z_image_bf16.safetensors", "diffusion_models"),
+    ("CLIPLoader", "clip_name", "qwen_3_4b.safetensors", "text_encoders"),
+    ("VAELoader", "vae_name", "ae.safetensors", "vae"),
+]
+MODEL_FILES = {stem: ZIMAGE_FILES for stem in STEMS if stem.startswith("zimage")} | {
+    "flux_dev_t2i_meancache": [
+        ("UNETLoader", "unet_name", "flux1-dev.safetensors", "diffusion_models"),
+        ("DualCLIPLoader", "clip_name1", "clip_l.safetensors", "text_encoders"),
+        ("DualCLIPLoader", "clip_name2", "t5xxl_fp16.safetensors", "text_encoders"),
+        ("VAELoader", "vae_name", "ae.safetensors", "vae"),
+    ],
+    "qwen_image_t2i_meancache": [
+        ("UNETLoader", "unet_name", "qwen_image_fp8_e4m3fn.safetensors", "diffusion_models"),
+        ("CLIPLoader", "clip_name", "qwen_2.5_vl_7b_fp8_scaled.safetensors", "text_encoders"),
+        ("VAELoader", "vae_name", "qwen_image_vae.safetensors", "vae"),
+    ],
+    "wan22_t2v_meancache": [
+        ("UNETLoader", "unet_name", "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors", "diffusion_models"),
+        ("UNETLoader", "unet_name", "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors", "diffusion_models"),
+        ("CLIPLoader", "clip_name", "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "text_encoders"),
+        ("VAELoader", "vae_name", "wan_2.1_vae.safetensors", "vae"),
+    ],
 }
 PROFILE = "zimage-base"
 # Nodes both steps of the calibration workflow use (outside its two groups).
@@ -157,8 +189,11 @@ def _check_value(node_type: str, widget: ex.Widget, value) -> None:
         assert low <= value <= high, f"{where} outside [{low}, {high}]"
 
 
-def test_widgets_values_follow_the_definitions(workflow):
+def test_widgets_values_follow_the_definitions(stem, workflow):
     """Count and order (incl. the control_after_generate entries), types, ranges and combo options."""
+    files = {(loader, widget): set() for loader, widget, _, _ in MODEL_FILES[stem]}
+    for loader, widget, name, _ in MODEL_FILES[stem]:
+        files[loader, widget].add(name)
     for node in real_nodes(workflow):
         named = ex.named_widget_values(node)  # raises on a count mismatch
         values, i = node["widgets_values"], 0
@@ -171,8 +206,8 @@ def test_widgets_values_follow_the_definitions(workflow):
             if widget.type != "COMBO":
                 continue
             value = named[widget.name]
-            if node["type"] in MODEL_FILES and widget.name == MODEL_FILES[node["type"]][0]:
-                assert value == MODEL_FILES[node["type"]][1]  # a file list: empty on this machine
+            if (node["type"], widget.name) in files:
+                assert value in files[node["type"], widget.name]  # a file list: empty on this machine
             elif node["type"] == "MeanCachePlanner" and widget.name == "cost_source" and value == PROFILE:
                 assert node["mode"] == ex.MODE_MUTED  # made by the calibration step; runs once it exists
             else:
@@ -211,16 +246,22 @@ def test_same_stem_thumbnail(stem):
         assert image.format == "JPEG" and image.size[0] >= 256 and image.size[1] >= 192
 
 
-def test_note_says_where_the_model_files_go(workflow):
+def test_note_says_where_the_model_files_go(stem, workflow):
     notes = [n["widgets_values"][0] for n in workflow["nodes"] if n["type"] in ex.NOTE_TYPES]
     assert len(notes) == 1
-    for _, name, folder in MODEL_FILES.values():
+    for _, _, name, folder in MODEL_FILES[stem]:
         assert name in notes[0] and f"models/{folder}" in notes[0]
-    for node in workflow["nodes"]:
-        if node["type"] in MODEL_FILES:
-            _, name, folder = MODEL_FILES[node["type"]]
-            assert node["properties"]["models"][0]["name"] == name
-            assert node["properties"]["models"][0]["directory"] == folder
+    folders = {name: folder for _, _, name, folder in MODEL_FILES[stem]}
+    loaded = []
+    for node in real_nodes(workflow):
+        named = ex.named_widget_values(node)
+        widgets = dict.fromkeys(w for loader, w, _, _ in MODEL_FILES[stem] if loader == node["type"])
+        names = [named[w] for w in widgets]
+        if names:
+            assert [m["name"] for m in node["properties"]["models"]] == names
+            assert [m["directory"] for m in node["properties"]["models"]] == [folders[n] for n in names]
+            loaded += names
+    assert sorted(loaded) == sorted(folders)
 
 
 # --------------------------------------------------------------------------
@@ -228,48 +269,129 @@ def test_note_says_where_the_model_files_go(workflow):
 # --------------------------------------------------------------------------
 
 
-def _template_loaders() -> dict[str, list] | None:
-    """Loader widgets of ComfyUI's installed Z-Image template, if the templates package is there."""
+# family -> (templates package, file, node types whose widgets must equal one of the template's)
+TEMPLATES = {
+    "zimage": (
+        "comfyui_workflow_templates_media_other",
+        "image_z_image_turbo.json",
+        ("CLIPLoader", "VAELoader", "ModelSamplingAuraFlow"),
+    ),
+    "flux": (
+        "comfyui_workflow_templates_media_image",
+        "flux_dev_full_text_to_image.json",
+        ("UNETLoader", "DualCLIPLoader", "VAELoader", "EmptySD3LatentImage"),
+    ),
+    "qwen_image": (
+        "comfyui_workflow_templates_media_image",
+        "image_qwen_image.json",
+        ("UNETLoader", "CLIPLoader", "VAELoader", "EmptySD3LatentImage", "ModelSamplingAuraFlow"),
+    ),
+    "wan21": (
+        "comfyui_workflow_templates_media_video",
+        "video_wan2_2_14B_t2v.json",
+        ("UNETLoader", "CLIPLoader", "VAELoader", "EmptyHunyuanLatentVideo", "ModelSamplingSD3"),
+    ),
+}
+
+
+def _template_widgets(family: str) -> dict[str, list[list]] | None:
+    """Widget values per node type in ComfyUI's installed template for ``family`` (None if not installed)."""
+    package, name, types = TEMPLATES[family]
     try:
-        import comfyui_workflow_templates_media_other as pkg
+        pkg = importlib.import_module(package)
     except ImportError:
         return None
-    path = Path(pkg.__file__).parent / "templates" / "image_z_image_turbo.json"
+    path = Path(pkg.__file__).parent / "templates" / name
     if not path.exists():
         return None
     data = json.loads(path.read_text(encoding="utf-8"))
-    found = {}
+    found: dict[str, list[list]] = {}
     for graph in [data, *data.get("definitions", {}).get("subgraphs", [])]:
         for node in graph["nodes"]:
-            if node["type"] in ("CLIPLoader", "VAELoader", "ModelSamplingAuraFlow"):
-                found.setdefault(node["type"], node["widgets_values"])
+            if node["type"] in types:
+                found.setdefault(node["type"], []).append(node["widgets_values"])
     return found
 
 
-def test_loaders_match_comfyuis_zimage_template(workflow):
-    template = _template_loaders()
+def _same_widgets(ours: list, theirs: list) -> bool:
+    """Equal, with floats compared to 1e-9 (templates store 3.1 as 3.1000000000000005)."""
+    return len(ours) == len(theirs) and all(
+        a == pytest.approx(b, rel=1e-9) if isinstance(a, float) else a == b for a, b in zip(ours, theirs)
+    )
+
+
+def test_loaders_match_comfyuis_template(stem, workflow):
+    template = _template_widgets(FAMILY[stem])
     if template is None:
-        pytest.skip("comfyui_workflow_templates (Z-Image template) not installed")
+        pytest.skip(f"comfyui_workflow_templates ({TEMPLATES[FAMILY[stem]][1]}) not installed")
     for node in real_nodes(workflow):
-        if node["type"] in template:
-            assert node["widgets_values"] == template[node["type"]], node["type"]
+        if node["type"] in TEMPLATES[FAMILY[stem]][2]:
+            values = template[node["type"]]
+            assert any(_same_widgets(node["widgets_values"], v) for v in values), (node["type"], values)
 
 
-def test_t2i_planner_matches_the_ksampler():
-    api = ex.ui_to_api(load("zimage_t2i_meancache"))
+@pytest.mark.parametrize(
+    "name,steps,cfg,model_from",
+    [
+        ("zimage_t2i_meancache", 40, 4.0, "ModelSamplingAuraFlow"),
+        ("flux_dev_t2i_meancache", 30, 1.0, "UNETLoader"),
+        ("qwen_image_t2i_meancache", 30, 2.5, "ModelSamplingAuraFlow"),
+    ],
+)
+def test_t2i_planner_matches_the_ksampler(name, steps, cfg, model_from):
+    api = ex.ui_to_api(load(name))
     planner, sampler = ex.one(api, "MeanCachePlanner"), ex.one(api, "KSampler")
     assert api[planner]["inputs"]["steps"] == api[sampler]["inputs"]["steps"]  # one shared Steps node
-    for name in ("steps", "scheduler", "denoise"):
-        assert ex.literal(api, planner, name) == ex.literal(api, sampler, name), name
+    for field in ("steps", "scheduler", "denoise"):
+        assert ex.literal(api, planner, field) == ex.literal(api, sampler, field), field
     assert ex.literal(api, planner, "preset") == "balanced"
-    assert (ex.literal(api, sampler, "steps"), ex.literal(api, sampler, "cfg")) == (40, 4.0)
+    assert (ex.literal(api, sampler, "steps"), ex.literal(api, sampler, "cfg")) == (steps, cfg)
     assert (ex.literal(api, sampler, "sampler_name"), ex.literal(api, sampler, "scheduler")) == ("euler", "simple")
     apply_ = ex.one(api, "MeanCacheApply")
     assert api[sampler]["inputs"]["model"] == [apply_, 0]
-    shift = ex.one(api, "ModelSamplingAuraFlow")
-    assert api[planner]["inputs"]["model"] == api[apply_]["inputs"]["model"] == [shift, 0]
+    source = ex.one(api, model_from)
+    assert api[planner]["inputs"]["model"] == api[apply_]["inputs"]["model"] == [source, 0]
     report = ex.one(api, "MeanCacheReport")
     assert api[report]["inputs"]["latent"] == [sampler, 0] and api[report]["inputs"]["stats"] == [apply_, 1]
+
+
+def test_flux_dev_reads_its_guidance_from_flux_guidance():
+    api = ex.ui_to_api(load("flux_dev_t2i_meancache"))
+    sampler, guidance = ex.one(api, "KSampler"), ex.one(api, "FluxGuidance")
+    assert api[sampler]["inputs"]["positive"] == [guidance, 0] and ex.literal(api, guidance, "guidance") == 3.5
+    assert api[sampler]["inputs"]["negative"] == [ex.one(api, "ConditioningZeroOut"), 0]
+
+
+def test_wan22_one_plan_two_experts_two_applies():
+    """One Planner for the whole run; each expert has its own Apply of that schedule and its own
+    KSamplerAdvanced, split at one hand-over step, as ComfyUI's Wan 2.2 template samples."""
+    api = ex.ui_to_api(load("wan22_t2v_meancache"))
+    planner = ex.one(api, "MeanCachePlanner")
+    high, low = ex.node_ids(api, "KSamplerAdvanced")
+    assert ex.literal(api, high, "start_at_step") == 0 and ex.literal(api, low, "end_at_step") == 10000
+    assert api[high]["inputs"]["end_at_step"] == api[low]["inputs"]["start_at_step"]  # one hand-over node
+    assert ex.literal(api, high, "end_at_step") == 10 and ex.literal(api, planner, "steps") == 20
+    assert api[planner]["inputs"]["steps"] == api[high]["inputs"]["steps"] == api[low]["inputs"]["steps"]
+    expected = {high: ("enable", "enable"), low: ("disable", "disable")}
+    for sampler, (add_noise, leftover) in expected.items():
+        assert (ex.literal(api, sampler, "add_noise"), ex.literal(api, sampler, "return_with_leftover_noise")) == (
+            add_noise,
+            leftover,
+        )
+        assert (ex.literal(api, sampler, "cfg"), ex.literal(api, sampler, "sampler_name")) == (3.5, "euler")
+    assert api[low]["inputs"]["latent_image"] == [high, 0]
+    applies = [api[s]["inputs"]["model"][0] for s in (high, low)]
+    assert sorted(applies) == sorted(ex.node_ids(api, "MeanCacheApply")) and applies[0] != applies[1]
+    unets = []
+    for apply_ in applies:
+        assert api[apply_]["inputs"]["schedule"] == [planner, 0]
+        shift = api[apply_]["inputs"]["model"][0]
+        assert api[shift]["class_type"] == "ModelSamplingSD3" and ex.literal(api, shift, "shift") == 8.0
+        unets.append(ex.literal(api, api[shift]["inputs"]["model"][0], "unet_name"))
+    assert ["high_noise" in unets[0], "low_noise" in unets[1]] == [True, True]
+    assert api[planner]["inputs"]["model"] == api[applies[0]]["inputs"]["model"]
+    report = ex.one(api, "MeanCacheReport")
+    assert api[report]["inputs"]["latent"] == [low, 0] and api[report]["inputs"]["stats"] == [applies[1], 1]
 
 
 def test_custom_sampler_plans_the_sampled_sigmas():
@@ -321,22 +443,50 @@ def _saved_pngs(tmp_path: Path) -> list[Path]:
     return sorted((tmp_path / "output").rglob("*.png"))
 
 
-@pytest.mark.parametrize("name", ["zimage_t2i_meancache", "zimage_custom_sampler_meancache"])
-def test_meancache_workflows_run_with_exactly_the_planned_model_calls(engine, tmp_path, name):
-    api = ex.swap_to_tiny(ex.ui_to_api(load(name)))
+@pytest.mark.parametrize(
+    "name,steps,forward_batch",
+    [
+        ("zimage_t2i_meancache", 40, 2),  # cfg 4, cond and uncond batch (equal token counts)
+        ("zimage_custom_sampler_meancache", 40, 2),
+        ("flux_dev_t2i_meancache", 30, 1),  # cfg 1: the zeroed negative is never evaluated
+        ("qwen_image_t2i_meancache", 30, 2),  # cfg 2.5
+    ],
+)
+def test_meancache_workflows_run_with_exactly_the_planned_model_calls(engine, tmp_path, name, steps, forward_batch):
+    api = ex.swap_to_tiny(ex.ui_to_api(load(name)), family=FAMILY[name])
     result = engine.run(api).raise_for_error()
     schedule = result.output(ex.one(api, "MeanCachePlanner"))
-    assert schedule.steps == 40 and schedule.model_calls < 40
-    # cond and uncond batch (equal token counts): one forward per computed step, all under MeanCache.
+    assert schedule.steps == steps and schedule.model_calls < steps
+    # one forward per computed step, all under MeanCache.
     assert len(result.calls) == schedule.model_calls
-    assert {c.batch for c in result.calls} == {2} and len({(c.holder, c.run) for c in result.calls}) == 1
+    assert {c.batch for c in result.calls} == {forward_batch} and len({(c.holder, c.run) for c in result.calls}) == 1
     report = ex.one(api, "MeanCacheReport")
     _check_report(result, report)
-    assert f"run: 40 steps -> {schedule.model_calls} model calls" in result.text(report)
+    assert f"run: {steps} steps -> {schedule.model_calls} model calls" in result.text(report)
     assert len(_saved_pngs(tmp_path)) == 1
     if name == "zimage_custom_sampler_meancache":
         sigmas = result.output(ex.one(api, "BasicScheduler"))
         assert list(schedule.sigmas) == pytest.approx(sigmas.tolist(), abs=0)
+
+
+def test_wan22_workflow_runs_both_experts_under_one_plan(engine, tmp_path):
+    api = ex.swap_to_tiny(ex.ui_to_api(load("wan22_t2v_meancache")), family="wan21")
+    result = engine.run(api).raise_for_error()
+    schedule = result.output(ex.one(api, "MeanCachePlanner"))
+    high, low = (result.output(node, 1) for node in ex.node_ids(api, "MeanCacheApply"))
+    assert schedule.steps == 20 and (high.latest.steps_run, low.latest.steps_run) == (10, 10)
+    # two experts, two holders, two runs; cond and uncond batch (cfg 3.5, equal token counts)
+    assert len({(c.holder, c.run) for c in result.calls}) == 2 and {c.batch for c in result.calls} == {2}
+    # each expert runs its slice of the plan; the low-noise one computes step 10 even if the plan skips it
+    assert len(result.calls) == high.latest.model_calls + low.latest.model_calls
+    assert len(result.calls) == schedule.model_calls + (not schedule.compute[10])
+    report = ex.one(api, "MeanCacheReport")
+    _check_report(result, report)
+    calls = high.latest.model_calls + low.latest.model_calls
+    assert f"fragment 2 of 2 of a 20-step plan (steps 10-19); all 2 fragments: 20 steps -> {calls} model calls" in (
+        result.text(report)
+    )
+    assert len(list((tmp_path / "output").rglob("*.mp4"))) == 1
 
 
 def test_calibrate_workflow_records_then_step_two_plans_from_the_profile(engine, tmp_path):

@@ -8,6 +8,7 @@ import ast
 import importlib.util
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -148,6 +149,19 @@ def test_summary_text(schedule10):
     assert schedule10.summary() in plan_only and "plan only" in plan_only
 
 
+def test_title_gives_the_speedup_over_every_model_evaluation(schedule10, clean10):
+    assert chart.title_text(schedule10, clean10)[0] == "MeanCache run: 1.67x model-call speedup (6 calls for 10 steps)"
+    heun = replace(clean10, extra_evaluations=9)  # a corrector per step but the last always calls the model
+    assert chart.title_text(schedule10, heun)[0] == (
+        "MeanCache run: 1.27x model-call speedup (15 calls for 10 steps + 9 extra evaluations)"
+    )
+    assert (
+        summary_text(schedule10, heun)
+        .splitlines()[1]
+        .startswith("run: 10 steps + 9 extra evaluations -> 15 model calls (19 uncached, 1.27x), 4 skipped, ")
+    )
+
+
 def test_cost_labels():
     assert chart._fmt_cost(None) == "n/a"
     assert chart._fmt_cost(0.00058) == "5.8e-4"
@@ -190,3 +204,24 @@ def test_cost_heatmap_is_a_fixed_size_image():
         image = cost_heatmap(prior_costs(flow_sigmas(20), estimator), 6, "test")
         assert image.shape == (1, HEIGHT_PX, WIDTH_PX, 3) and image.dtype == torch.float32
         assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0 and float(image.std()) > 0.05
+
+
+def test_fragments_summary_joins_the_fragments_of_one_plan():
+    """Two samplers (Wan 2.2's high- and low-noise models, or SplitSigmas halves) each run a slice of one plan."""
+    plan = every_kth(30, 4)
+    high, low = plan.fragment(0, plan.sigmas[:13]), plan.fragment(12, plan.sigmas[12:])
+    first, second = run(high), run(low)
+    calls = high.model_calls + low.model_calls
+    expected = (
+        f"fragment 2 of 2 of a 30-step plan (steps 12-29); all 2 fragments: 30 steps -> {calls} model calls "
+        f"({30 / calls:.2f}x)"
+    )
+    older = run(every_kth(30, 2).fragment(0, plan.sigmas[:13]))  # an earlier run of the same slice: the newest counts
+    assert older.model_calls != first.model_calls
+    assert chart.fragments_summary(plan, second, [older, first, second]) == expected
+    assert chart.fragments_summary(plan, second, [second]) == (
+        f"a fragment of a 30-step plan (steps 12-29; earlier fragments from step 12); all 1 fragment: "
+        f"18 steps -> {low.model_calls} model calls ({18 / low.model_calls:.2f}x)"
+    )
+    assert chart.fragments_summary(plan, run(plan), []) == ""  # the whole plan: not a fragment
+    assert chart.fragments_summary(every_kth(20, 4), second, [first]) == ""  # another grid

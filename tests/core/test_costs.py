@@ -6,7 +6,7 @@ import torch
 
 from comfy_meancache.core.costs import euler_states, trajectory_costs
 from comfy_meancache.core.planner import plan_pssp
-from comfy_meancache.core.prior import MixturePrior, mixture_trajectories, mixture_velocity, prior_costs
+from comfy_meancache.core.prior import MixturePrior, fit_prior, mixture_trajectories, mixture_velocity, prior_costs
 from comfy_meancache.core.schedule import PlannerSettings, Schedule
 from comfy_meancache.core.sigmas import flow_sigmas
 from comfy_meancache.core.stepper import Action, Stepper
@@ -86,3 +86,12 @@ def test_prior_plans_need_no_model():
         schedule = plan_pssp(sigmas, costs, 12, PlannerSettings())
         assert schedule.model_calls == 12
         assert all(e.cost is not None and e.cost > 0 for e in schedule.edges)
+
+
+def test_fit_prior_recovers_the_mixture_that_made_the_runs():
+    sigmas = flow_sigmas(12)
+    truth = MixturePrior(components=32, dim=16, spread=0.3)
+    v, x = mixture_trajectories(sigmas, truth)
+    ranked = fit_prior([(sigmas, v, x)], {"components": (4, 32), "dim": (2, 16), "spread": (0.3, 0.8)})
+    assert ranked[0] == (pytest.approx(1.0), truth)
+    assert len(ranked) == 8 and ranked[1][0] < 1.0

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from comfy_meancache.core import profile as profile_module
 from comfy_meancache.core.costs import trajectory_costs
 from comfy_meancache.core.prior import MixturePrior, mixture_trajectories
 from comfy_meancache.core.profile import Profile, Trajectory, list_profiles, profile_paths, subsample
@@ -184,3 +186,53 @@ def test_recorder_builds_the_euler_trajectory():
     torch.testing.assert_close(run.states[-1], x)
     with pytest.raises(ValueError, match="did not evaluate every step"):
         TrajectoryRecorder().trajectory(sigmas)
+
+
+def test_runs_of_any_shape_share_one_profile_and_keep_their_shapes(tmp_path):
+    """Costs are per-element means, so runs of other resolutions or batch sizes average in alike."""
+    sigmas = flow_sigmas(10)
+    runs = [run_on(sigmas, 1)]
+    for trajectories, dim in [(2, 16), (4, 8)]:
+        v, x = mixture_trajectories(sigmas, MixturePrior(trajectories=trajectories, dim=dim, seed=3))
+        runs.append(Trajectory(list(sigmas), v.float(), x.float()))
+    profile = Profile("mixed")
+    for run in runs:
+        profile.add(run)
+    profile.save(tmp_path)
+    loaded = Profile.load(tmp_path, "mixed")
+    assert [tuple(r.states.shape) for r in loaded.runs] == [(11, 4, 16), (11, 2, 16), (11, 4, 8)]
+    per_run = [trajectory_costs(sigmas, r.velocities, r.states, "reuse").band for r in runs]
+    np.testing.assert_array_equal(loaded.costs(sigmas, "reuse").band, np.mean(per_run, axis=0))
+
+
+def fail_half_way(monkeypatch, part: str) -> None:
+    """Make the save of ``part`` write half its bytes and then fail, as on a full disk."""
+    if part == "tensors":
+
+        def save_file(tensors, path):
+            Path(path).write_bytes(b"\x00" * 16)
+            raise OSError("No space left on device")
+
+        monkeypatch.setattr(profile_module, "save_file", save_file)
+        return
+    write_text = Path.write_text
+
+    def half_text(self, text, *args, **kwargs):
+        write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_text)
+
+
+@pytest.mark.parametrize("part", ["tensors", "json"])
+def test_a_save_that_fails_half_way_keeps_the_previous_profile(tmp_path, monkeypatch, part):
+    sigmas = flow_sigmas(10)
+    Profile("p", {"runs": 1}, [run_on(sigmas, 1)]).save(tmp_path)
+    with monkeypatch.context() as patch:
+        fail_half_way(patch, part)
+        with pytest.raises(OSError, match="No space left"):
+            Profile("p", {"runs": 2}, [run_on(sigmas, 1), run_on(sigmas, 2)]).save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json", "p.safetensors"]  # no temporary files left
+    loaded = Profile.load(tmp_path, "p")
+    assert loaded.metadata == {"runs": 1} and len(loaded.runs) == 1
+    torch.testing.assert_close(loaded.runs[0].states, run_on(sigmas, 1).states)

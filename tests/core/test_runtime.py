@@ -2,35 +2,14 @@
 
 import pytest
 import torch
+from exact_flow import Field, noise
 
 from comfy_meancache.core.planner import plan
-from comfy_meancache.core.prior import MixturePrior, mixture_velocity
 from comfy_meancache.core.runtime import CachedDenoiser, StepMatcher, cached_denoiser
 from comfy_meancache.core.sigmas import flow_sigmas
 from comfy_meancache.samplers import SAMPLERS, sample_euler, sample_heun
 
 STEPS = 24
-PRIOR = MixturePrior(trajectories=8, dim=6)
-
-
-class Field:
-    """An exact mixture flow as a counted ``denoise(x, sigma)``."""
-
-    def __init__(self) -> None:
-        gen = torch.Generator().manual_seed(PRIOR.seed)
-        self.means = torch.randn(PRIOR.components, PRIOR.dim, generator=gen, dtype=torch.float64)
-        self.calls = 0
-
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        s = float(sigma[0])
-        return x - s * mixture_velocity(x, s, self.means, PRIOR.spread)
-
-
-def noise() -> torch.Tensor:
-    return torch.randn(PRIOR.trajectories, PRIOR.dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-
-
 SIGMAS = flow_sigmas(STEPS)
 
 
@@ -61,7 +40,11 @@ def test_heun_correctors_are_computed_and_counted():
     sample_heun(cached, noise(), torch.tensor(SIGMAS, dtype=torch.float64))
     stats = cached.stats
     assert field.calls == 10 + (STEPS - 1) and stats.model_calls == 10 and stats.steps_run == STEPS
-    assert any(f"{STEPS - 1} extra sampler evaluations" in note for note in stats.notes)
+    assert (stats.extra_evaluations, stats.evaluations, stats.uncached_evaluations) == (
+        STEPS - 1,
+        field.calls,
+        2 * STEPS - 1,
+    )
 
 
 def test_steps_are_matched_in_order_by_sigma():

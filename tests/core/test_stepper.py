@@ -4,10 +4,11 @@ import gc
 import weakref
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from comfy_meancache.core.euler import sample_euler
 from comfy_meancache.core.planner import plan
-from comfy_meancache.core.schedule import Schedule
+from comfy_meancache.core.schedule import Schedule, meancache2_spans
 from comfy_meancache.core.sigmas import flow_sigmas
 from comfy_meancache.core.stepper import Action, Stepper
 
@@ -82,7 +83,7 @@ def test_history_stays_bounded():
         return curved_velocity(x, sigma)
 
     sample_euler(velocity, torch.zeros(1, 2, 4, 4), sigmas, stepper)
-    assert peak <= schedule.max_lookback + 2
+    assert peak <= schedule.history_window + 2
 
 
 def test_planned_skip_without_history_is_computed_with_a_reason():
@@ -139,3 +140,64 @@ def test_cache_device_gives_the_same_result():
         moved, _ = sample_euler(curved_velocity, x.to(device), sigmas, stepper)
         assert moved.device.type == device
         torch.testing.assert_close(moved.cpu(), reference, rtol=1e-5, atol=1e-5)
+
+
+def test_summary_counts_the_samplers_extra_evaluations():
+    """Heun/dpm_2 at 30 steps: 29 extra evaluations always call the model, so 12 computed steps are 41 calls."""
+    sigmas = flow_sigmas(30)
+    _, stats = sample_euler(curved_velocity, torch.zeros(1, 4), sigmas, Stepper(plan(sigmas, compute_steps=12)))
+    stats.extra_evaluations = 29
+    assert (stats.evaluations, stats.uncached_evaluations, stats.speedup) == (41, 59, 59 / 41)
+    assert stats.summary().startswith("30 steps + 29 extra evaluations -> 41 model calls (59 uncached, 1.44x), ")
+
+
+class ToCalls(TorchFunctionMode):
+    """Records the arguments of every ``Tensor.to`` call to a device (dtype casts left out)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[tuple, dict]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.to and any(isinstance(a, torch.device) for a in args[1:]):
+            self.calls.append((args[1:], kwargs))
+        return func(*args, **kwargs)
+
+
+def test_copies_to_the_cache_device_block_until_the_host_can_read_them():
+    """A non_blocking device-to-host copy may still be in flight when the host reads it (CUDA)."""
+    sigmas = flow_sigmas(6)
+    compute = [True, True, False, True, True, True]
+    schedule = Schedule(sigmas, compute, meancache2_spans(compute), "meancache2", budget=5)
+    stepper = Stepper(schedule, cache_device="cpu")
+    x = torch.ones(1, 4)
+    for step in (0, 1):
+        stepper.decide(step, x)
+        with ToCalls() as record:
+            stepper.record(step, curved_velocity(x, sigmas[step]))
+        assert record.calls == [((torch.device("cpu"),), {})]
+    stepper.decide(2, x)
+    with ToCalls() as estimate:
+        stepper.estimate(2)
+    # host to device may overlap: the stepper never writes the CPU estimate it copies from
+    assert estimate.calls == [((torch.device("cpu"),), {"non_blocking": True})]
+
+
+def test_history_bytes_is_the_peak_of_the_kept_velocities():
+    """meancache2 keeps the last two computed velocities plus the current estimate: 3 latents at the peak.
+    reuse hands out the cached velocity itself for a skip (no copy), and the older computed one stays until
+    the next computed step: 2 latents. A run computing every step keeps the last 2 computed velocities."""
+    sigmas = flow_sigmas(20)
+    latent = torch.zeros(2, 16, 3, 8, 8, dtype=torch.bfloat16)
+    one = latent.numel() * latent.element_size()  # 12 KiB
+    every_step = Schedule(sigmas, [True] * 20, [0] * 20, "meancache2", 20)
+    for schedule, latents in [
+        (plan(sigmas, compute_steps=8, estimator="meancache2"), 3),
+        (plan(sigmas, compute_steps=8, estimator="reuse"), 2),
+        (every_step, 2),
+    ]:
+        _, stats = sample_euler(lambda x, s: torch.ones_like(x), latent, sigmas, Stepper(schedule))
+        assert stats.history_bytes == latents * one, schedule.estimator
+    _, stats = sample_euler(lambda x, s: torch.ones_like(x), latent, sigmas, Stepper(plan(sigmas, compute_steps=8)))
+    assert stats.summary().endswith(" s, history 36.0 KiB peak")
