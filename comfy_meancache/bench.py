@@ -350,9 +350,25 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(commands) -> None:
-    parser = commands.add_parser("bench", help="benchmark every method at equal model calls on the embedded model")
-    parser.add_argument("--quick", action="store_true", help="N=50, cfg 4, B=20 and 10, 16 seeds (CI smoke run)")
-    parser.add_argument("--seeds", type=int, default=64, help="held-out evaluation seeds (default 64)")
+    parser = commands.add_parser(
+        "bench",
+        help="the default against fewer steps on the model zoo, leave-one-out (--methods: every method on the "
+        "embedded model)",
+    )
+    parser.add_argument("--methods", action="store_true", help="every cached method at equal calls, embedded model")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: cfg 4, B=20 (and 10), fewer seeds")
+    parser.add_argument("--seeds", type=int, default=None, help="held-out evaluation seeds (default 64; zoo 16)")
+    parser.add_argument("--models", nargs="*", help="zoo models to score (default: all)")
     parser.add_argument("--out", default="bench-out", help="output folder")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=_dispatch)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.methods:
+        args.seeds = args.seeds or 64
+        return run(args)
+    from . import bench_zoo
+
+    args.seeds = args.seeds or (8 if args.quick else 16)
+    return bench_zoo.run(args)

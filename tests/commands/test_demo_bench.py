@@ -6,7 +6,7 @@ from comfy_meancache.cli import main
 
 
 def test_bench_quick_writes_table_json_and_plot(tmp_path, capsys):
-    assert main(["bench", "--quick", "--out", str(tmp_path)]) == 0
+    assert main(["bench", "--methods", "--quick", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "bench.json").read_text())
     rows = data["cases"][0]["rows"]
     methods = {r["method"] for r in rows}
@@ -41,3 +41,16 @@ def test_calibrate_then_plan_from_the_profile(tmp_path, capsys):
     assert schedule["settings"]["cost_source"] == "profile embedded (2 runs, interpolated in sigma)"
     assert main(["plan", "--profile", str(tmp_path / "missing.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_bench_zoo_quick_scores_every_method_at_its_exact_budget(tmp_path, capsys):
+    assert main(["bench", "--quick", "--models", "digits-dit", "terrain-latent", "--out", str(tmp_path)]) == 0
+    cells = json.loads((tmp_path / "zoo.json").read_text())["cells"]
+    assert {c["model"] for c in cells} == {"digits-dit", "terrain-latent"}
+    assert {c["method"] for c in cells} == {"full", "fewer steps", "default", "prior", "calibrated"}
+    assert {c["sampler"] for c in cells} == {"euler", "dpmpp_2m"}
+    for c in cells:
+        assert c["calls"] == c["budget"]  # every cached method spends exactly its budget
+        assert 10 < c["psnr_exact"] < 80  # scored against Heun with 500 steps
+    table = (tmp_path / "zoo.md").read_text()
+    assert "| terrain-latent | 4 | dpmpp_2m | default |" in table and "default - fewer steps: min" in table

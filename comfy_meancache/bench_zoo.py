@@ -1,0 +1,226 @@
+"""``python -m comfy_meancache bench``: the default against the honest competitor, on a zoo, leave-one-out.
+
+For every zoo model (``comfy_meancache.flowmodel.zoo``), CFG scale, sampler
+(euler, dpmpp_2m, res_multistep) and model-call budget B of N steps:
+
+* **fewer steps**: the same sampler with B steps, the honest competitor;
+* **default**: MeanCache as a user gets it without calibrating: the default
+  estimator on even costs (:func:`core.costs.even_costs`), which fit nothing;
+* **prior**: the Gaussian-mixture prior *refit without the model being
+  scored* (:func:`core.prior.fit_prior` on the other zoo models), so no
+  number is measured on what was fitted;
+* **calibrated**: planned from costs measured on this model's own full runs
+  (calibration seeds disjoint from the evaluation seeds): the ceiling a
+  self-learning default should approach.
+
+Quality is PSNR of the decoded images against the same sampler's full N-step
+run, and against a near-exact ODE solution (Heun, 500 steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from datetime import date
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from .core.costs import even_costs
+from .core.estimators import DEFAULT_ESTIMATOR
+from .core.prior import MixturePrior, fit_prior, prior_costs
+from .core.profile import Profile, Trajectory
+from .core.runtime import cached_denoiser
+from .core.sigmas import flow_sigmas
+from .metrics import psnr
+from .samplers import SAMPLERS
+
+SHIFT = 3.0
+STEPS = 50
+BUDGETS = (25, 20, 15, 12)
+ZOO_SAMPLERS = ("euler", "dpmpp_2m", "res_multistep")
+EXACT_STEPS = 500
+CALIBRATION_SEEDS = tuple(range(4))
+EVAL_SEED_BASE = 1000
+
+
+@dataclass
+class Cell:
+    """One method at one budget: PSNR (mean over seeds) against the full run and against the exact solution."""
+
+    model: str
+    cfg: float
+    sampler: str
+    method: str
+    budget: int
+    calls: int
+    psnr_full: float
+    psnr_exact: float
+
+
+def seeds_batch(model, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise and a class label per seed (seed mod classes), independent of batch composition."""
+    from .flowmodel.zoo import sample_noise
+
+    noise = torch.cat([sample_noise(1, s, model.latent_shape) for s in seeds])
+    return noise, torch.tensor([s % model.num_classes for s in seeds])
+
+
+def euler_trajectory(model, sigmas: list[float], noise: torch.Tensor, labels: torch.Tensor, cfg: float) -> Trajectory:
+    """A full-step Euler run kept as a calibration trajectory."""
+    velocities, states, x = [], [noise], noise
+    for i in range(len(sigmas) - 1):
+        v = model.velocity(x, sigmas[i], labels, cfg)
+        x = x + (sigmas[i + 1] - sigmas[i]) * v
+        velocities.append(v)
+        states.append(x)
+    return Trajectory(sigmas, torch.stack(velocities), torch.stack(states))
+
+
+def calibration_runs(model, cfgs: list[float]) -> dict[float, Trajectory]:
+    noise, labels = seeds_batch(model, list(CALIBRATION_SEEDS))
+    sigmas = flow_sigmas(STEPS, SHIFT)
+    return {cfg: euler_trajectory(model, sigmas, noise, labels, cfg) for cfg in cfgs}
+
+
+def leave_one_out_prior(held_out: str, runs: dict[str, dict[float, Trajectory]]) -> MixturePrior:
+    """The prior fitted on every zoo model but ``held_out``."""
+    others = [run for name, by_cfg in runs.items() if name != held_out for run in by_cfg.values()]
+    return fit_prior([(run.sigmas, run.velocities, run.states) for run in others])[0][1]
+
+
+@dataclass(frozen=True)
+class References:
+    """What a case's latents are scored against: the full run and the near-exact solution, decoded."""
+
+    full: torch.Tensor
+    exact: torch.Tensor
+
+    def score(self, model, latent: torch.Tensor) -> tuple[float, float]:
+        images = model.decode(latent)
+        return float(psnr(images, self.full).mean()), float(psnr(images, self.exact).mean())
+
+
+def score_model(
+    name: str,
+    model,
+    cfgs: list[float],
+    samplers: list[str],
+    budgets: list[int],
+    seeds: list[int],
+    prior: MixturePrior,
+    calibration: dict[float, Trajectory],
+    log,
+) -> list[Cell]:
+    sigmas = flow_sigmas(STEPS, SHIFT)
+    grid = torch.tensor(sigmas)
+    noise, labels = seeds_batch(model, seeds)
+    cells = []
+    for cfg in cfgs:
+        denoise = partial(_denoised, model, labels, cfg)
+        exact = model.decode(SAMPLERS["heun"](denoise, noise, torch.tensor(flow_sigmas(EXACT_STEPS, SHIFT))))
+        costs = {
+            "default": even_costs(STEPS, DEFAULT_ESTIMATOR),
+            "prior": prior_costs(sigmas, DEFAULT_ESTIMATOR, prior=prior),
+            "calibrated": Profile("calibration", runs=[calibration[cfg]]).costs(sigmas, DEFAULT_ESTIMATOR),
+        }
+        for sampler_name in samplers:
+            sampler = SAMPLERS[sampler_name]
+            full = sampler(denoise, noise, grid)
+            refs = References(model.decode(full), exact)
+            key = (name, cfg, sampler_name)
+            cells.append(Cell(*key, "full", STEPS, STEPS, *refs.score(model, full)))
+            for budget in budgets:
+                fewer = sampler(denoise, noise, torch.tensor(flow_sigmas(budget, SHIFT)))
+                cells.append(Cell(*key, "fewer steps", budget, budget, *refs.score(model, fewer)))
+                for method, method_costs in costs.items():
+                    cached = cached_denoiser(denoise, sigmas, compute_steps=budget, costs=method_costs)
+                    latent = sampler(cached, noise, grid)
+                    cells.append(Cell(*key, method, budget, cached.stats.model_calls, *refs.score(model, latent)))
+            log(f"  {name} cfg {cfg:g} {sampler_name}: done")
+    return cells
+
+
+def _denoised(model, labels: torch.Tensor, cfg: float, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    return model.denoised(x, sigma, labels, cfg)
+
+
+def markdown(cells: list[Cell], machine: str, seeds: int) -> str:
+    """Per model, cfg and sampler: PSNR against the full run (and the exact solution) for each method and B."""
+    budgets = sorted({c.budget for c in cells if c.method != "full"}, reverse=True)
+    lines = [
+        f"Zoo benchmark of {date.today().isoformat()} on {machine}; N = {STEPS}, {seeds} held-out seeds.",
+        "PSNR in dB against the same sampler's full run (against Heun 500 steps in brackets); "
+        "default = even costs (nothing fitted); prior = mixture prior refit without the scored model.",
+        "",
+        "| model | cfg | sampler | method | " + " | ".join(f"B={b}" for b in budgets) + " |",
+        "|---|---|---|---|" + "---|" * len(budgets),
+    ]
+    index = {(c.model, c.cfg, c.sampler, c.method, c.budget): c for c in cells}
+    keys = list(dict.fromkeys((c.model, c.cfg, c.sampler) for c in cells))
+    for model, cfg, sampler in keys:
+        for method in ("fewer steps", "default", "prior", "calibrated"):
+            row = []
+            for b in budgets:
+                c = index.get((model, cfg, sampler, method, b))
+                row.append("n/a" if c is None else f"{c.psnr_full:.1f} ({c.psnr_exact:.1f})")
+            lines.append(f"| {model} | {cfg:g} | {sampler} | {method} | " + " | ".join(row) + " |")
+    lines += ["", *targets(cells)]
+    return "\n".join(lines)
+
+
+def targets(cells: list[Cell]) -> list[str]:
+    """Default minus fewer steps per cell and its mean at B=20, quality rising as B falls, the gap to calibrated."""
+    index = {(c.model, c.cfg, c.sampler, c.method, c.budget): c for c in cells}
+    margins, gaps, rises = [], [], 0
+    for (model, cfg, sampler, method, b), c in index.items():
+        if method != "default":
+            continue
+        margins.append((c.psnr_full - index[(model, cfg, sampler, "fewer steps", b)].psnr_full, b))
+        gaps.append(index[(model, cfg, sampler, "calibrated", b)].psnr_full - c.psnr_full)
+        smaller = [k for k in index if k[:4] == (model, cfg, sampler, "default") and k[4] < b]
+        rises += any(index[k].psnr_full > c.psnr_full + 0.5 for k in smaller)
+    if not margins:
+        return []
+    at_20 = [m for m, b in margins if b == 20]
+    return [
+        f"default - fewer steps: min {min(m for m, _ in margins):+.1f} dB over {len(margins)} cells, "
+        f"{sum(m >= 3 for m, _ in margins)} cells >= +3 dB"
+        + (f"; mean at B=20 {statistics.mean(at_20):+.1f} dB" if at_20 else ""),
+        f"calibrated - default: mean {statistics.mean(gaps):+.1f} dB, max {max(gaps):+.1f} dB",
+        f"cells where the default gets better with fewer calls (> 0.5 dB): {rises}",
+    ]
+
+
+def run(args: argparse.Namespace) -> int:
+    from .flowmodel.zoo import ZOO_MODELS, load_zoo_model
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = list(args.models or ZOO_MODELS)
+    cfgs = [4.0] if args.quick else [1.0, 4.0]
+    samplers = ["euler", "dpmpp_2m"] if args.quick else list(ZOO_SAMPLERS)
+    budgets = [20] if args.quick else list(BUDGETS)
+    seeds = list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + args.seeds))
+    started = time.perf_counter()
+    models = {name: load_zoo_model(name) for name in (names if args.quick else ZOO_MODELS)}
+    runs = {name: calibration_runs(model, cfgs) for name, model in models.items()}
+    cells = []
+    for name in names:
+        prior = MixturePrior() if args.quick else leave_one_out_prior(name, runs)
+        print(f"{name}: prior {'(shipped, not refit: --quick)' if args.quick else 'refit without it'}: {prior}")
+        cells += score_model(name, models[name], cfgs, samplers, budgets, seeds, prior, runs[name], print)
+    cpu = platform.processor() or platform.machine()
+    machine = f"{cpu}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
+    (out / "zoo.json").write_text(json.dumps({"machine": machine, "cells": [asdict(c) for c in cells]}, indent=1))
+    table = markdown(cells, machine, len(seeds))
+    (out / "zoo.md").write_text(table)
+    print(table)
+    print(f"wrote {out / 'zoo.md'} and {out / 'zoo.json'} in {time.perf_counter() - started:.0f} s")
+    return 0
