@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from . import bench, demo
+from .core.costs import even_costs
 from .core.estimators import DEFAULT_ESTIMATOR, ESTIMATORS
 from .core.planner import plan
 from .core.profile import Profile
@@ -24,6 +25,9 @@ def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     budget.add_argument("--compute-steps", type=int, help="model calls to spend")
     budget.add_argument("--speedup", type=float, help="target speedup instead of compute steps (default 2.5)")
     parser.add_argument("--estimator", choices=ESTIMATORS, default=DEFAULT_ESTIMATOR)
+    parser.add_argument(
+        "--costs", choices=("even", "prior"), default="even", help="built-in costs without --profile (default even)"
+    )
     defaults = PlannerSettings()
     parser.add_argument("--gamma", type=float, default=defaults.gamma, help="peak suppression power")
     parser.add_argument("--warmup", type=int, default=defaults.warmup, help="leading steps always computed")
@@ -39,10 +43,12 @@ def _plan(args: argparse.Namespace) -> int:
     speedup = args.speedup if args.compute_steps is None and args.speedup is not None else None
     if args.compute_steps is None and speedup is None:
         speedup = 2.5
-    costs = None
+    costs = None  # the prior
     if args.profile is not None:
         profile = Profile.load(args.profile.parent, args.profile.stem)
         costs = profile.costs(sigmas, args.estimator, settings.max_span, settings.max_gap)
+    elif args.costs == "even":
+        costs = even_costs(args.steps, args.estimator, settings.max_span, settings.max_gap)
     schedule = plan(
         sigmas,
         compute_steps=args.compute_steps,

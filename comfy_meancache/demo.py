@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from .bench import SHIFT, full_runs, seeds_noise
 from .core.chart import run_chart
+from .core.costs import even_costs
 from .core.euler import sample_euler
 from .core.planner import plan
 from .core.presets import DEFAULT_PRESET, PRESETS
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     sigmas = flow_sigmas(args.steps, SHIFT, "simple")
     noise, labels = seeds_noise(list(DEMO_SEEDS), model.latent_shape)
     settings = replace(preset.settings, preset=args.preset)
-    costs = None
+    costs = even_costs(args.steps, preset.estimator, settings.max_span, settings.max_gap)  # what the Planner uses
     if args.calibrate:
         cal_noise, cal_labels = seeds_noise([0, 1, 2, 3], model.latent_shape)
         calibration = Profile("demo", runs=[full_runs(model, sigmas, cal_noise, cal_labels, args.cfg)])

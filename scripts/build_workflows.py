@@ -126,7 +126,7 @@ POSITIVE = (
     "of old books, steam rising from a mug of tea, soft film grain, 35mm photograph, shallow depth of field."
 )
 NEGATIVE = "blurry, low quality, jpeg artifacts, distorted, deformed, watermark, text, signature"
-PLANNER_BALANCED = ["balanced", STEPS, "simple", 1.0, 0, 2.5, 2.0, 3, 8, "meancache2", "prior"]
+PLANNER_BALANCED = ["balanced", STEPS, "simple", 1.0, 0, 2.5, 2.0, 3, 8, "meancache2", "even"]
 KSAMPLER = [SEED, "randomize", STEPS, CFG, "euler", "simple", 1.0]
 NOTE_COLORS = {"color": "#432", "bgcolor": "#653"}
 POSITIVE_COLORS = {"color": "#232", "bgcolor": "#353"}
@@ -196,7 +196,7 @@ CALIBRATE_NOTE = f"""# MeanCache: calibrate Z-Image
 
 **MeanCache Calibrate** samples every step (nothing is skipped) and adds each finished run to a named
 profile in `ComfyUI/user/meancache/` (`zimage-base.json` + `.safetensors`). The Planner can then price its
-skips with measurements from *your* model instead of the built-in prior.
+skips with measurements from *your* model instead of spreading the calls evenly.
 
 {MODEL_FILES}
 ## Step 1: record runs (this group)

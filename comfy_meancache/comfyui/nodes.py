@@ -22,7 +22,7 @@ from ..core.schedule import PlannerSettings, Schedule
 from ..core.stepper import RunStats
 from .calibration import Calibration, load_profile, profile_stamp, saved_profiles
 from .hook import MeanCacheHolder, RunHistory, attach
-from .planning import BUILT_IN_SOURCES, PRIOR, plan_from_source
+from .planning import BUILT_IN_SOURCES, EVEN, plan_from_source
 
 CATEGORY = "sampling/meancache"
 ScheduleType = io.Custom("MEANCACHE_SCHEDULE")
@@ -110,10 +110,12 @@ class MeanCachePlanner(io.ComfyNode):
                 io.Combo.Input(
                     "cost_source",
                     options=[*BUILT_IN_SOURCES, *saved_profiles()],
-                    default=PRIOR,
-                    tooltip="Where edge costs come from. prior: built in, no calibration. official-zimage-50: "
-                    "the published Z-Image lists (made on diffusers' shift-6 grid), moved onto your sigmas. "
-                    "Other entries: profiles saved by MeanCache Calibrate (best for your model).",
+                    default=EVEN,
+                    tooltip="Where edge costs come from. even (default): model calls spread evenly over your "
+                    "sampler's steps, nothing assumed about the model (the most robust on models never measured). "
+                    "prior: a built-in synthetic flow (fitted to a digits model; can misplace calls on others). "
+                    "official-zimage-50: the published Z-Image lists (made on diffusers' shift-6 grid), moved onto "
+                    "your sigmas. Other entries: profiles saved by MeanCache Calibrate.",
                 ),
                 io.Sigmas.Input(
                     "sigmas",

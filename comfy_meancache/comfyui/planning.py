@@ -1,7 +1,9 @@
 """Planning from a named cost source, for the Planner node and for runs on other sigmas.
 
-A cost source is ``prior`` (built in), ``official-zimage-50`` (the published
-lists) or the name of a saved calibration profile. A schedule remembers its
+A cost source is ``even`` (the default: calls spread evenly over the
+sampler's steps, nothing assumed about the model), ``prior`` (the built-in
+Gaussian-mixture prior), ``official-zimage-50`` (the published lists) or the
+name of a saved calibration profile. A schedule remembers its
 source (``settings.cost_key``), so the hook can plan again, the same way, for
 sigmas the sampler really uses.
 """
@@ -10,13 +12,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from ..core.costs import even_costs
 from ..core.official import OFFICIAL_SOURCE, official_plan
 from ..core.planner import fewest_calls, plan
 from ..core.schedule import PlannerSettings, Schedule
 from .calibration import load_profile, saved_profiles
 
-PRIOR, OFFICIAL = "prior", OFFICIAL_SOURCE
-BUILT_IN_SOURCES = (PRIOR, OFFICIAL)
+EVEN, PRIOR, OFFICIAL = "even", "prior", OFFICIAL_SOURCE
+BUILT_IN_SOURCES = (EVEN, PRIOR, OFFICIAL)
 
 
 def plan_from_source(grid: list[float], source: str, estimator: str, settings: PlannerSettings, budget: dict):
@@ -27,7 +30,9 @@ def plan_from_source(grid: list[float], source: str, estimator: str, settings: P
         calls = budget.get("compute_steps") or max(fewest_calls(n, settings), round(n / budget["speedup"]))
         return official_plan(grid, calls)
     costs = None
-    if source != PRIOR:
+    if source == EVEN:
+        costs = even_costs(len(grid) - 1, estimator, settings.max_span, settings.max_gap)
+    elif source != PRIOR:
         if source not in saved_profiles():
             raise ValueError(
                 f"cost_source: no profile named {source!r} (saved: {', '.join(saved_profiles()) or 'none'})"

@@ -233,3 +233,21 @@ def cheapest_per_edge(parts: list[EdgeCosts]) -> EdgeCosts:
     choice = np.argmin(stacked, axis=0)
     band = np.take_along_axis(stacked, choice[None], axis=0)[0]
     return EdgeCosts(ADAPTIVE, band, parts[0].source, choice, tuple(options))
+
+
+def even_costs(steps: int, estimator: str, max_span: int = 6, max_gap: int = 8) -> EdgeCosts:
+    """Costs that assume nothing about the model: an edge costs the square of its length in steps.
+
+    Any cost convex in the length makes PSSP spread the calls evenly over the
+    sampler's own steps, which already follow the noise schedule the model
+    was trained for; warm-up and max gap still apply. For ``adaptive`` there
+    is nothing to choose between, so every skip uses ``meancache2``.
+    """
+    gap = max(1, min(max_gap, steps - 1))
+    lengths = np.arange(gap + 1, dtype=np.float64) ** 2
+    pair = estimator in PAIR_STATE_ESTIMATORS
+    layers = gap + 1 if pair else (max_span if estimator == "meancache" else 1)
+    band = np.broadcast_to(lengths, (layers, steps, gap + 1)).copy()
+    if estimator == ADAPTIVE:
+        return cheapest_per_edge([EdgeCosts("meancache2", band, "even")])
+    return EdgeCosts(estimator, band, "even")

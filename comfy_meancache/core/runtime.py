@@ -26,7 +26,7 @@ from dataclasses import replace
 
 import torch
 
-from .costs import EdgeCosts
+from .costs import EdgeCosts, even_costs
 from .planner import plan
 from .presets import PRESETS
 from .profile import Profile
@@ -146,7 +146,8 @@ def cached_denoiser(
 
     The budget is ``compute_steps`` model calls, a target ``speedup`` or a
     named ``preset`` (default ``balanced``). Costs come from ``costs``, from a
-    calibration ``profile`` measured on this model, or else the built-in prior.
+    calibration ``profile`` measured on this model, or else are even (calls
+    spread evenly over the steps: the most robust on a model never measured).
     """
     grid = [float(s) for s in (sigmas.tolist() if isinstance(sigmas, torch.Tensor) else sigmas)]
     if sum(x is not None for x in (compute_steps, speedup, preset)) > 1:
@@ -160,6 +161,8 @@ def cached_denoiser(
         if costs is not None:
             raise ValueError("give costs or a profile, not both")
         costs = profile.costs(grid, estimator, settings.max_span, settings.max_gap)
+    if costs is None:
+        costs = even_costs(len(grid) - 1, estimator, settings.max_span, settings.max_gap)
     budget = dict(speedup=chosen.speedup) if chosen else dict(compute_steps=compute_steps, speedup=speedup)
     schedule = plan(grid, estimator=estimator, settings=settings, costs=costs, **budget)
     return CachedDenoiser(denoise, schedule, corrector_first=corrector_first, cache_device=cache_device)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from comfy_meancache.core.costs import euler_states, trajectory_costs
+from comfy_meancache.core.costs import euler_states, even_costs, trajectory_costs
 from comfy_meancache.core.planner import plan_pssp
 from comfy_meancache.core.prior import MixturePrior, fit_prior, mixture_trajectories, mixture_velocity, prior_costs
 from comfy_meancache.core.schedule import PlannerSettings, Schedule
@@ -95,3 +95,12 @@ def test_fit_prior_recovers_the_mixture_that_made_the_runs():
     ranked = fit_prior([(sigmas, v, x)], {"components": (4, 32), "dim": (2, 16), "spread": (0.3, 0.8)})
     assert ranked[0] == (pytest.approx(1.0), truth)
     assert len(ranked) == 8 and ranked[1][0] < 1.0
+
+
+def test_even_costs_spread_the_calls_evenly_after_the_warm_up():
+    schedule = plan_pssp(flow_sigmas(50), even_costs(50, "meancache2"), 20, PlannerSettings())
+    assert schedule.computed_steps == (0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 29, 32, 35, 38, 41, 43, 45, 47, 49)
+    adaptive = plan_pssp(flow_sigmas(50), even_costs(50, "adaptive"), 20, PlannerSettings())
+    assert adaptive.computed_steps == schedule.computed_steps
+    assert {adaptive.estimator_at(i) for i in range(50) if not adaptive.compute[i]} == {"meancache2"}
+    assert even_costs(50, "meancache").band.shape == (6, 50, 9) and even_costs(4, "reuse").max_gap == 3
