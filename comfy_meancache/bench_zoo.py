@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from .bench import full_runs
 from .core.costs import even_costs
 from .core.estimators import DEFAULT_ESTIMATOR
 from .core.prior import MixturePrior, fit_prior, prior_costs
@@ -71,21 +72,10 @@ def seeds_batch(model, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     return noise, torch.tensor([s % model.num_classes for s in seeds])
 
 
-def euler_trajectory(model, sigmas: list[float], noise: torch.Tensor, labels: torch.Tensor, cfg: float) -> Trajectory:
-    """A full-step Euler run kept as a calibration trajectory."""
-    velocities, states, x = [], [noise], noise
-    for i in range(len(sigmas) - 1):
-        v = model.velocity(x, sigmas[i], labels, cfg)
-        x = x + (sigmas[i + 1] - sigmas[i]) * v
-        velocities.append(v)
-        states.append(x)
-    return Trajectory(sigmas, torch.stack(velocities), torch.stack(states))
-
-
 def calibration_runs(model, cfgs: list[float]) -> dict[float, Trajectory]:
     noise, labels = seeds_batch(model, list(CALIBRATION_SEEDS))
     sigmas = flow_sigmas(STEPS, SHIFT)
-    return {cfg: euler_trajectory(model, sigmas, noise, labels, cfg) for cfg in cfgs}
+    return {cfg: full_runs(model, sigmas, noise, labels, cfg) for cfg in cfgs}
 
 
 def leave_one_out_prior(held_out: str, runs: dict[str, dict[float, Trajectory]]) -> MixturePrior:

@@ -131,14 +131,21 @@ def main(argv: list[str] | None = None) -> None:
 
     # Process-wide torch settings are restored afterwards, so main() can be
     # called from tests or notebooks without side effects.
+    run_isolated(train, args)
+
+
+def run_isolated(run, args: argparse.Namespace) -> None:
+    """``run(args)`` with ``args.threads`` torch threads, denormals flushed and the global RNG restored after.
+
+    Adam's second-moment state of near-zero gradients (zero-initialised
+    layers) underflows into denormals, which are very slow on x86.
+    """
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
-    # Adam's second-moment state of near-zero gradients (zero-initialised
-    # layers) underflows into denormals, which are very slow on x86.
     torch.set_flush_denormal(True)
     try:
         with torch.random.fork_rng():
-            train(args)
+            run(args)
     finally:
         torch.set_flush_denormal(False)
         torch.set_num_threads(prev_threads)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ..train import _reexec_with_passive_omp_wait, fit_flow, save_trained
+from ..train import _reexec_with_passive_omp_wait, fit_flow, run_isolated, save_trained
 from . import ARCHS
 
 #: name -> (steps, batch, lr)
@@ -55,15 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     args.batch = args.batch or batch
     args.lr = args.lr or lr
 
-    prev_threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)  # see flowmodel.train.main
-    try:
-        with torch.random.fork_rng():
-            train(args)
-    finally:
-        torch.set_flush_denormal(False)
-        torch.set_num_threads(prev_threads)
+    run_isolated(train, args)
 
 
 def train(args: argparse.Namespace) -> None:
