@@ -73,40 +73,6 @@ class EdgeCosts:
             best[np.arange(n - d), np.arange(d, n)] = lowest[: n - d, d]
         return best
 
-    @classmethod
-    def from_dense(cls, estimator: str, table: np.ndarray, source: str) -> EdgeCosts:
-        """Costs given as a full ``[L, N, N]`` table (``table[layer, i, j]``), every gap kept.
-
-        The pair-state dense layout indexes layers by the previous computed
-        step ``r`` as ``r + 1`` (``0``: none), as tests and small examples write it.
-        """
-        layers, n = table.shape[0], table.shape[1]
-        pair = estimator in PAIR_STATE_ESTIMATORS
-        band = np.full((n if pair else layers, n, n), np.inf)
-        for i in range(n):
-            for d in range(1, n - i):
-                if not pair:
-                    band[:, i, d] = table[:, i, i + d]
-                    continue
-                band[0, i, d] = table[0, i, i + d]
-                for back in range(1, i + 1):
-                    band[back, i, d] = table[i - back + 1, i, i + d]
-        return cls(estimator, band, source)
-
-    def dense(self) -> np.ndarray:
-        """The full table in :meth:`from_dense`'s layout (small grids only: ``N^2`` per layer)."""
-        n = self.steps
-        out = np.full((n + 1 if self.pair_state else self.band.shape[0], n, n), np.inf)
-        for i in range(n):
-            for d in range(1, min(self.max_gap, n - 1 - i) + 1):
-                if not self.pair_state:
-                    out[:, i, i + d] = self.band[:, i, d]
-                    continue
-                out[0, i, i + d] = self.band[0, i, d]
-                for back in range(1, min(i, self.band.shape[0] - 1) + 1):
-                    out[i - back + 1, i, i + d] = self.band[back, i, d]
-        return out
-
 
 def euler_states(sigmas: Sequence[float], x0: torch.Tensor, velocities: torch.Tensor) -> torch.Tensor:
     """States ``x_0 .. x_N`` of an Euler run that used ``velocities[i]`` at step ``i``."""

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from dense_costs import dense
 
 from comfy_meancache.core.costs import euler_states, even_costs, trajectory_costs
 from comfy_meancache.core.planner import plan_pssp
@@ -23,18 +24,18 @@ def test_reuse_cost_by_hand():
     v, x = linear_field_run(sigmas, a, b)
     costs = trajectory_costs(sigmas, v, x, "reuse", max_gap=4)
     # edge 0 -> 2 reuses v0 over step 1: x_hat_2 - x_2 = h1 (v0 - v1) = -0.25 * 0.25 b
-    assert costs.dense()[0, 0, 2] == pytest.approx(float((0.25 * 0.25 * b).abs().mean()))
-    assert costs.dense()[0, 0, 1] == 0.0
-    assert np.isinf(costs.dense()[0, 2, 1])
+    assert dense(costs)[0, 0, 2] == pytest.approx(float((0.25 * 0.25 * b).abs().mean()))
+    assert dense(costs)[0, 0, 1] == 0.0
+    assert np.isinf(dense(costs)[0, 2, 1])
 
 
 def test_meancache2_edges_are_free_on_a_linear_field():
     sigmas = flow_sigmas(12)
     v, x = linear_field_run(sigmas, torch.tensor([0.2, 1.0]), torch.tensor([-1.0, 3.0]))
     costs = trajectory_costs(sigmas, v.double(), x.double(), "meancache2", max_gap=5)
-    with_previous = costs.dense()[1:]
+    with_previous = dense(costs)[1:]
     assert np.nanmax(np.where(np.isfinite(with_previous), with_previous, 0)) < 1e-6
-    assert costs.dense()[0, 0, 3] > 1e-3  # no previous step: plain reuse pays
+    assert dense(costs)[0, 0, 3] > 1e-3  # no previous step: plain reuse pays
 
 
 def test_cost_equals_the_deviation_of_running_that_edge():
@@ -56,7 +57,7 @@ def test_cost_equals_the_deviation_of_running_that_edge():
             else:
                 velocity = stepper.estimate(m)
             y = y + (sigmas[m + 1] - sigmas[m]) * velocity
-        assert costs.dense()[k - 1, i, j] == pytest.approx(float((y - x[j]).abs().mean()), rel=1e-9)
+        assert dense(costs)[k - 1, i, j] == pytest.approx(float((y - x[j]).abs().mean()), rel=1e-9)
 
 
 def test_avg_velocity_metric_divides_by_the_edge_length():
@@ -64,7 +65,7 @@ def test_avg_velocity_metric_divides_by_the_edge_length():
     v, x = mixture_trajectories(sigmas, MixturePrior(trajectories=4, dim=8))
     state = trajectory_costs(sigmas, v, x, "reuse", max_gap=4)
     avg = trajectory_costs(sigmas, v, x, "reuse", max_gap=4, metric="avg_velocity")
-    assert avg.dense()[0, 2, 5] == pytest.approx(state.dense()[0, 2, 5] / abs(sigmas[5] - sigmas[2]))
+    assert dense(avg)[0, 2, 5] == pytest.approx(dense(state)[0, 2, 5] / abs(sigmas[5] - sigmas[2]))
     with pytest.raises(ValueError, match="unknown cost metric"):
         trajectory_costs(sigmas, v, x, "reuse", metric="psnr")
 
@@ -72,9 +73,9 @@ def test_avg_velocity_metric_divides_by_the_edge_length():
 def test_runs_average():
     sigmas = flow_sigmas(8)
     v, x = mixture_trajectories(sigmas, MixturePrior(trajectories=6, dim=4))
-    both = trajectory_costs(sigmas, v, x, "meancache", max_span=2, max_gap=4).dense()
-    first = trajectory_costs(sigmas, v[:, :3], x[:, :3], "meancache", max_span=2, max_gap=4).dense()
-    second = trajectory_costs(sigmas, v[:, 3:], x[:, 3:], "meancache", max_span=2, max_gap=4).dense()
+    both = dense(trajectory_costs(sigmas, v, x, "meancache", max_span=2, max_gap=4))
+    first = dense(trajectory_costs(sigmas, v[:, :3], x[:, :3], "meancache", max_span=2, max_gap=4))
+    second = dense(trajectory_costs(sigmas, v[:, 3:], x[:, 3:], "meancache", max_span=2, max_gap=4))
     np.testing.assert_allclose(both, (first + second) / 2, rtol=1e-9)
 
 

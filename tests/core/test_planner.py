@@ -6,11 +6,11 @@ from itertools import combinations
 
 import numpy as np
 import pytest
+from dense_costs import from_dense
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from comfy_meancache.core.costs import EdgeCosts
 from comfy_meancache.core.planner import MAX_STEPS, fewest_calls, plan, plan_pssp
 from comfy_meancache.core.schedule import PlannerSettings
 from comfy_meancache.core.sigmas import flow_sigmas
@@ -73,7 +73,7 @@ def test_dp_matches_brute_force(n, budget, gamma, warmup, max_gap, seed, estimat
     pair_state = estimator == "meancache2"
     table = random_table(rng, n + 1 if pair_state else 4, n)
     settings = PlannerSettings(gamma=gamma, warmup=warmup, max_gap=max_gap, max_span=3)
-    costs = EdgeCosts.from_dense(estimator, table, "test")
+    costs = from_dense(estimator, table, "test")
     sigmas = list(np.linspace(1, 0, n + 1))
     if budget < fewest_calls(n, settings):
         with pytest.raises(ValueError, match="compute steps"):
@@ -100,7 +100,7 @@ def test_larger_budget_never_costs_more(estimator):
     pair_state = estimator == "meancache2"
     table = random_table(rng, n + 1 if pair_state else 3, n)
     settings = PlannerSettings(gamma=2.0, warmup=2, max_gap=6, max_span=3)
-    costs = EdgeCosts.from_dense(estimator, table, "test")
+    costs = from_dense(estimator, table, "test")
     sigmas = list(np.linspace(1, 0, n + 1))
     optima = []
     for budget in range(fewest_calls(n, settings), n + 1):
@@ -164,7 +164,7 @@ def test_planner_never_crashes(n, data, estimator):
             compute_steps=budget,
             estimator=estimator,
             settings=settings,
-            costs=EdgeCosts.from_dense(estimator, table, "fuzz"),
+            costs=from_dense(estimator, table, "fuzz"),
         )
     except ValueError as exc:
         assert str(exc)

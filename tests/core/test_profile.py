@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from dense_costs import dense
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -28,16 +29,16 @@ def test_costs_on_the_recorded_grid_are_the_trajectory_costs():
     run = run_on(sigmas)
     profile = Profile("p", runs=[run])
     costs = profile.costs(sigmas, "meancache", max_span=3, max_gap=6)
-    expected = trajectory_costs(sigmas, run.velocities, run.states, "meancache", 3, 6).dense()
-    np.testing.assert_array_equal(costs.dense(), expected)
+    expected = dense(trajectory_costs(sigmas, run.velocities, run.states, "meancache", 3, 6))
+    np.testing.assert_array_equal(dense(costs), expected)
     assert costs.source == "profile p (1 runs)"
 
 
 def test_runs_average_in():
     sigmas = flow_sigmas(12)
     a, b = run_on(sigmas, 1), run_on(sigmas, 2)
-    both = Profile("p", runs=[a, b]).costs(sigmas, "reuse").dense()
-    single = [Profile("p", runs=[r]).costs(sigmas, "reuse").dense() for r in (a, b)]
+    both = dense(Profile("p", runs=[a, b]).costs(sigmas, "reuse"))
+    single = [dense(Profile("p", runs=[r]).costs(sigmas, "reuse")) for r in (a, b)]
     np.testing.assert_allclose(both, (single[0] + single[1]) / 2)
 
 
@@ -48,9 +49,9 @@ def test_another_grid_is_interpolated_in_sigma():
     costs = profile.costs(target, "meancache2")
     assert costs.steps == 20 and "interpolated" in costs.source
     exact = run_on(target)
-    reference = trajectory_costs(target, exact.velocities, exact.states, "meancache2").dense()
+    reference = dense(trajectory_costs(target, exact.velocities, exact.states, "meancache2"))
     finite = np.isfinite(reference) & (reference > 0)
-    ratio = costs.dense()[finite] / reference[finite]
+    ratio = dense(costs)[finite] / reference[finite]
     assert np.median(ratio) == pytest.approx(1.0, abs=0.35)  # same trajectories, 50 -> 20 steps
 
 
@@ -75,7 +76,7 @@ def test_save_load_round_trip(tmp_path):
     assert path == tmp_path / "zimage-cfg4.json" and (tmp_path / "zimage-cfg4.safetensors").exists()
     loaded = Profile.load(tmp_path, "zimage-cfg4")
     assert loaded.metadata == {"model": "Lumina2", "cfg": 4.0} and len(loaded.runs) == 2
-    np.testing.assert_array_equal(loaded.costs(sigmas, "reuse").dense(), profile.costs(sigmas, "reuse").dense())
+    np.testing.assert_array_equal(dense(loaded.costs(sigmas, "reuse")), dense(profile.costs(sigmas, "reuse")))
     assert list_profiles(tmp_path) == ["zimage-cfg4"]
 
 

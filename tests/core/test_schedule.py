@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 import pytest
+from dense_costs import from_dense
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from comfy_meancache.core.costs import EdgeCosts
 from comfy_meancache.core.planner import plan
 from comfy_meancache.core.schedule import Schedule, fewest_calls
 from comfy_meancache.core.sigmas import flow_sigmas
@@ -19,7 +19,7 @@ def gap_costs(n, estimator):
     i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
     layers = n + 1 if estimator == "meancache2" else 3
     table = np.broadcast_to(np.where(j > i, (j - i) ** 2.0, np.inf), (layers, n, n)).copy()
-    return EdgeCosts.from_dense(estimator, table, "test")
+    return from_dense(estimator, table, "test")
 
 
 def simple_schedule(n=10):
