@@ -9,6 +9,10 @@ For every zoo model (``comfy_meancache.flowmodel.zoo``), CFG scale, sampler
 * **prior**: the Gaussian-mixture prior *refit without the model being
   scored* (:func:`core.prior.fit_prior` on the other zoo models), so no
   number is measured on what was fitted;
+* **learned**: MeanCache after one earlier cached run of the same model,
+  sampler and budget (on the calibration seeds): the plan comes from the
+  curvature that run's computed steps showed (:mod:`core.learning`), at no
+  extra model call;
 * **calibrated**: planned from costs measured on this model's own full runs
   (calibration seeds disjoint from the evaluation seeds): the ceiling a
   self-learning default should approach.
@@ -34,6 +38,7 @@ import torch
 from .bench import full_runs
 from .core.costs import even_costs
 from .core.estimators import DEFAULT_ESTIMATOR
+from .core.learning import Observations
 from .core.prior import MixturePrior, fit_prior, prior_costs
 from .core.profile import Profile, Trajectory
 from .core.runtime import cached_denoiser
@@ -110,9 +115,11 @@ def score_model(
     sigmas = flow_sigmas(STEPS, SHIFT)
     grid = torch.tensor(sigmas)
     noise, labels = seeds_batch(model, seeds)
+    learn_noise, learn_labels = seeds_batch(model, list(CALIBRATION_SEEDS))
     cells = []
     for cfg in cfgs:
         denoise = partial(_denoised, model, labels, cfg)
+        learn_denoise = partial(_denoised, model, learn_labels, cfg)
         exact = model.decode(SAMPLERS["heun"](denoise, noise, torch.tensor(flow_sigmas(EXACT_STEPS, SHIFT))))
         costs = {
             "default": even_costs(STEPS, DEFAULT_ESTIMATOR),
@@ -132,6 +139,13 @@ def score_model(
                     cached = cached_denoiser(denoise, sigmas, compute_steps=budget, costs=method_costs)
                     latent = sampler(cached, noise, grid)
                     cells.append(Cell(*key, method, budget, cached.stats.model_calls, *refs.score(model, latent)))
+                learned = Observations()
+                earlier = cached_denoiser(learn_denoise, sigmas, compute_steps=budget, learn=learned)
+                sampler(earlier, learn_noise, grid)
+                earlier.finish()  # its observations are in
+                cached = cached_denoiser(denoise, sigmas, compute_steps=budget, learn=learned)
+                latent = sampler(cached, noise, grid)
+                cells.append(Cell(*key, "learned", budget, cached.stats.model_calls, *refs.score(model, latent)))
             log(f"  {name} cfg {cfg:g} {sampler_name}: done")
     return cells
 
@@ -146,7 +160,8 @@ def markdown(cells: list[Cell], machine: str, seeds: int) -> str:
     lines = [
         f"Zoo benchmark of {date.today().isoformat()} on {machine}; N = {STEPS}, {seeds} held-out seeds.",
         "PSNR in dB against the same sampler's full run (against Heun 500 steps in brackets); "
-        "default = even costs (nothing fitted); prior = mixture prior refit without the scored model.",
+        "default = even costs (nothing fitted); learned = after one earlier run of the model; "
+        "prior = mixture prior refit without the scored model.",
         "",
         "| model | cfg | sampler | method | " + " | ".join(f"B={b}" for b in budgets) + " |",
         "|---|---|---|---|" + "---|" * len(budgets),
@@ -154,7 +169,7 @@ def markdown(cells: list[Cell], machine: str, seeds: int) -> str:
     index = {(c.model, c.cfg, c.sampler, c.method, c.budget): c for c in cells}
     keys = list(dict.fromkeys((c.model, c.cfg, c.sampler) for c in cells))
     for model, cfg, sampler in keys:
-        for method in ("fewer steps", "default", "prior", "calibrated"):
+        for method in ("fewer steps", "default", "learned", "prior", "calibrated"):
             row = []
             for b in budgets:
                 c = index.get((model, cfg, sampler, method, b))
@@ -165,26 +180,30 @@ def markdown(cells: list[Cell], machine: str, seeds: int) -> str:
 
 
 def targets(cells: list[Cell]) -> list[str]:
-    """Default minus fewer steps per cell and its mean at B=20, quality rising as B falls, the gap to calibrated."""
+    """Per uncalibrated method: its margin over fewer steps (and the mean at B=20), quality rising as B falls,
+    and the gap to calibrated."""
     index = {(c.model, c.cfg, c.sampler, c.method, c.budget): c for c in cells}
-    margins, gaps, rises = [], [], 0
-    for (model, cfg, sampler, method, b), c in index.items():
-        if method != "default":
+    lines = []
+    for name in ("default", "learned"):
+        margins, gaps, rises = [], [], 0
+        for (model, cfg, sampler, method, b), c in index.items():
+            if method != name:
+                continue
+            margins.append((c.psnr_full - index[(model, cfg, sampler, "fewer steps", b)].psnr_full, b))
+            gaps.append(index[(model, cfg, sampler, "calibrated", b)].psnr_full - c.psnr_full)
+            smaller = [k for k in index if k[:4] == (model, cfg, sampler, name) and k[4] < b]
+            rises += any(index[k].psnr_full > c.psnr_full + 0.5 for k in smaller)
+        if not margins:
             continue
-        margins.append((c.psnr_full - index[(model, cfg, sampler, "fewer steps", b)].psnr_full, b))
-        gaps.append(index[(model, cfg, sampler, "calibrated", b)].psnr_full - c.psnr_full)
-        smaller = [k for k in index if k[:4] == (model, cfg, sampler, "default") and k[4] < b]
-        rises += any(index[k].psnr_full > c.psnr_full + 0.5 for k in smaller)
-    if not margins:
-        return []
-    at_20 = [m for m, b in margins if b == 20]
-    return [
-        f"default - fewer steps: min {min(m for m, _ in margins):+.1f} dB over {len(margins)} cells, "
-        f"{sum(m >= 3 for m, _ in margins)} cells >= +3 dB"
-        + (f"; mean at B=20 {statistics.mean(at_20):+.1f} dB" if at_20 else ""),
-        f"calibrated - default: mean {statistics.mean(gaps):+.1f} dB, max {max(gaps):+.1f} dB",
-        f"cells where the default gets better with fewer calls (> 0.5 dB): {rises}",
-    ]
+        at_20 = [m for m, b in margins if b == 20]
+        lines += [
+            f"{name} - fewer steps: min {min(m for m, _ in margins):+.1f} dB over {len(margins)} cells, "
+            f"{sum(m >= 3 for m, _ in margins)} cells >= +3 dB"
+            + (f"; mean at B=20 {statistics.mean(at_20):+.1f} dB" if at_20 else ""),
+            f"calibrated - {name}: mean {statistics.mean(gaps):+.1f} dB, max {max(gaps):+.1f} dB",
+            f"cells where {name} gets better with fewer calls (> 0.5 dB): {rises}",
+        ]
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ from dataclasses import replace
 import torch
 
 from .costs import EdgeCosts, even_costs
+from .learning import Observations, learned_costs, one_step_errors
 from .planner import plan
 from .presets import PRESETS
 from .profile import Profile
@@ -76,7 +77,10 @@ class CachedDenoiser:
 
     Serve one sampling run, then read :attr:`stats` (which frees the
     history). ``on_compute(step, x, velocity)`` sees every computed step's
-    velocity (calibration records runs through it).
+    velocity (calibration records runs through it). With ``learn``, every
+    computed step after two others adds what it shows of the model's
+    curvature and slope to those observations when the run ends (one device
+    read per run, none per step).
     """
 
     def __init__(
@@ -88,12 +92,15 @@ class CachedDenoiser:
         cache_device: torch.device | str | None = None,
         debug: bool = False,
         on_compute: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+        learn: Observations | None = None,
     ) -> None:
         self.denoise = denoise
         self.schedule = schedule
         self.matcher = StepMatcher(schedule.sigmas, corrector_first)
         self.stepper = Stepper(schedule, debug=debug, cache_device=cache_device)
         self.on_compute = on_compute
+        self.learn = learn
+        self._seen: list[tuple[int, torch.Tensor]] = []  # (step, [curvature, slope]) until the run ends
         self._stats: RunStats | None = None
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -113,18 +120,36 @@ class CachedDenoiser:
         if self.stepper.decide(step, x) is Action.COMPUTE:
             denoised = compute()
             velocity = (x - denoised) / s
+            if self.learn is not None:
+                self._observe(step, velocity)
             self.stepper.record(step, velocity)
             if self.on_compute is not None:
                 self.on_compute(step, x, velocity)
             return denoised
         return x - s * self.stepper.estimate(step)
 
+    def _observe(self, step: int, velocity: torch.Tensor) -> None:
+        history = self.stepper.last_computed()
+        if len(history) == 2:
+            (r, v_r), (a, v_a) = history
+            errors = one_step_errors(self.matcher.sigmas, r, a, step, v_r, v_a, velocity.to(v_a.device))
+            self._seen.append((step, errors))
+
     @property
     def stats(self) -> RunStats:
-        """The run's statistics; the first access ends the run and frees its tensors."""
+        """The run's statistics; the first access ends the run (:meth:`finish`)."""
+        return self.finish()
+
+    def finish(self) -> RunStats:
+        """End the run: free its tensors, add what it learned, return its statistics (again on later calls)."""
         if self._stats is None:
             self._stats = self.stepper.finish()
             self._stats.extra_evaluations = self.matcher.extra_evaluations
+            if self._seen:
+                values = torch.stack([errors for _, errors in self._seen]).cpu().tolist()
+                for (step, _), (curvature, slope) in zip(self._seen, values):
+                    self.learn.add(self.matcher.sigmas[step], curvature, slope)
+                self._seen.clear()
         return self._stats
 
 
@@ -141,6 +166,7 @@ def cached_denoiser(
     settings: PlannerSettings | None = None,
     corrector_first: bool = False,
     cache_device: torch.device | str | None = None,
+    learn: Observations | None = None,
 ) -> CachedDenoiser:
     """Plan ``sigmas`` and wrap ``denoise`` to follow the plan for one sampling run.
 
@@ -148,6 +174,10 @@ def cached_denoiser(
     named ``preset`` (default ``balanced``). Costs come from ``costs``, from a
     calibration ``profile`` measured on this model, or else are even (calls
     spread evenly over the steps: the most robust on a model never measured).
+    With ``learn`` (observations of this model, kept by the caller across
+    runs) the plan comes from what earlier runs showed
+    (:func:`~.learning.learned_costs`, ``meancache2``) once there is any, and
+    this run adds its own.
     """
     grid = [float(s) for s in (sigmas.tolist() if isinstance(sigmas, torch.Tensor) else sigmas)]
     if sum(x is not None for x in (compute_steps, speedup, preset)) > 1:
@@ -161,8 +191,12 @@ def cached_denoiser(
         if costs is not None:
             raise ValueError("give costs or a profile, not both")
         costs = profile.costs(grid, estimator, settings.max_span, settings.max_gap)
+    if learn is not None and len(learn) and costs is None:
+        if estimator != "meancache2":
+            raise ValueError(f"learned costs are for meancache2, not {estimator!r}")
+        costs = learned_costs(grid, learn, settings.max_gap)
     if costs is None:
         costs = even_costs(len(grid) - 1, estimator, settings.max_span, settings.max_gap)
     budget = dict(speedup=chosen.speedup) if chosen else dict(compute_steps=compute_steps, speedup=speedup)
     schedule = plan(grid, estimator=estimator, settings=settings, costs=costs, **budget)
-    return CachedDenoiser(denoise, schedule, corrector_first=corrector_first, cache_device=cache_device)
+    return CachedDenoiser(denoise, schedule, corrector_first=corrector_first, cache_device=cache_device, learn=learn)

@@ -184,6 +184,10 @@ class Stepper:
         self.stats.records.append(record)
         return record.action
 
+    def last_computed(self) -> list[tuple[int, torch.Tensor]]:
+        """The last two computed steps and their velocities (on the cache device), oldest first."""
+        return [(m, self._velocities[m]) for m in self._computed[-2:] if m in self._velocities]
+
     def record(self, step: int, velocity: torch.Tensor) -> None:
         """Keep the model's velocity for ``step``."""
         # one reduction, no copy; NaN and inf survive a sum. Resolved only when a skip reads it.

@@ -1,0 +1,117 @@
+"""Edge costs learned from a model's own cached runs, at no extra model call.
+
+Every computed step ``b`` after two computed steps ``r < a`` shows how far the
+estimators' predictions of ``v_b`` from that history were from the real one:
+
+* ``meancache2`` extrapolates linearly, so its error is about
+  ``kappa * |(s_b - s_a)(s_b - s_r)| / 2`` with ``kappa`` the velocity's
+  curvature in sigma: ``kappa(s_b) = 2 |v_hat_b - v_b| / |(s_b - s_a)(s_b - s_r)|``;
+* plain reuse errs by the slope: ``slope(s_b) = |v_a - v_b| / |s_b - s_a|``.
+
+Interpolated in sigma (in log), these price every edge of any plan on the
+same grid: a skipped step ``m`` of edge ``a -> b`` errs by ``e_m`` (the
+curvature form with the computed step ``r`` before the edge, the slope form
+when there is none), and the edge costs ``sum_m |h_m| * e_m * (m - a)``: each
+velocity error moves the state by its step and the later estimates of the
+edge build on it. The first run plans with even costs; later runs of the same
+model plan from what the earlier ones showed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .costs import EdgeCosts
+
+MAX_OBSERVATIONS = 4096  # JSON of a few tens of bytes each: well under 1 MB per model
+
+
+def one_step_errors(
+    sigmas: Sequence[float], r: int, a: int, b: int, v_r: torch.Tensor, v_a: torch.Tensor, v_b: torch.Tensor
+) -> torch.Tensor:
+    """``[curvature, slope]`` seen at computed step ``b`` (see the module text), as a device tensor (no sync)."""
+    extrapolated = v_a + (sigmas[b] - sigmas[a]) * (v_a - v_r) / (sigmas[a] - sigmas[r])
+    miss = (extrapolated - v_b).abs().mean(dtype=torch.float32)
+    change = (v_a - v_b).abs().mean(dtype=torch.float32)
+    curvature = 2 * miss / abs((sigmas[b] - sigmas[a]) * (sigmas[b] - sigmas[r]))
+    return torch.stack([curvature, change / abs(sigmas[b] - sigmas[a])])
+
+
+@dataclass
+class Observations:
+    """Curvature and slope of one model's velocity, observed at sigmas (oldest first, bounded)."""
+
+    sigma: list[float] = field(default_factory=list)
+    curvature: list[float] = field(default_factory=list)
+    slope: list[float] = field(default_factory=list)
+
+    def add(self, sigma: float, curvature: float, slope: float) -> None:
+        """Keep one observation; zero or non-finite ones carry no information and are dropped."""
+        if not all(np.isfinite(v) and v > 0 for v in (sigma, curvature, slope)):
+            return
+        self.sigma.append(float(sigma))
+        self.curvature.append(float(curvature))
+        self.slope.append(float(slope))
+        for values in (self.sigma, self.curvature, self.slope):
+            del values[:-MAX_OBSERVATIONS]
+
+    def __len__(self) -> int:
+        return len(self.sigma)
+
+    def at(self, sigmas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Curvature and slope at ``sigmas``, interpolated in log (observations at one sigma average)."""
+        grid, inverse = np.unique(np.asarray(self.sigma), return_inverse=True)
+        counts = np.bincount(inverse)
+
+        def interpolate(values: list[float]) -> np.ndarray:
+            mean = np.bincount(inverse, weights=np.log(values)) / counts
+            return np.exp(np.interp(sigmas, grid, mean))
+
+        return interpolate(self.curvature), interpolate(self.slope)
+
+    def to_dict(self) -> dict:
+        return {"sigma": self.sigma, "curvature": self.curvature, "slope": self.slope}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Observations:
+        """Read :meth:`to_dict`'s form; anything malformed is a ``ValueError``."""
+        try:
+            columns = [[float(v) for v in data[key]] for key in ("sigma", "curvature", "slope")]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed observations: {exc}") from exc
+        if len({len(c) for c in columns}) != 1 or len(columns[0]) > MAX_OBSERVATIONS:
+            raise ValueError("malformed observations: columns of unequal or excessive length")
+        observations = cls()
+        for row in zip(*columns):
+            observations.add(*row)
+        return observations
+
+
+def learned_costs(sigmas: Sequence[float], observations: Observations, max_gap: int = 8) -> EdgeCosts:
+    """``meancache2`` edge costs on ``sigmas`` from ``observations`` (at least one needed)."""
+    if not len(observations):
+        raise ValueError("no observations to learn costs from")
+    s = np.asarray(sigmas, dtype=np.float64)
+    n = len(s) - 1
+    gap = max(1, min(max_gap, n - 1))
+    curvature, slope = observations.at(s[:-1])
+    h = np.abs(np.diff(s))
+    band = np.full((gap + 1, n, gap + 1), np.inf)
+    band[:, :, 1] = 0.0
+    for a in range(n):
+        for back in range(gap + 1):
+            if (back == 0) != (a == 0) or a - back < 0:
+                continue
+            total = 0.0
+            for m in range(a + 1, min(a + gap, n - 1)):
+                if back:
+                    error = curvature[m] / 2 * abs((s[m] - s[a]) * (s[m] - s[a - back]))
+                else:
+                    error = slope[m] * abs(s[m] - s[a])
+                total += h[m] * error * (m - a)
+                band[back, a, m + 1 - a] = total
+    return EdgeCosts("meancache2", band, f"learned ({len(observations)} observations)")

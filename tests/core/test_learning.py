@@ -1,0 +1,63 @@
+"""Costs learned from a model's own cached runs: the observations, the costs, and two runs in a row."""
+
+import numpy as np
+import pytest
+import torch
+from exact_flow import Field, noise
+
+from comfy_meancache.core.learning import MAX_OBSERVATIONS, Observations, learned_costs, one_step_errors
+from comfy_meancache.core.runtime import cached_denoiser
+from comfy_meancache.core.sigmas import flow_sigmas
+from comfy_meancache.samplers import sample_dpmpp_2m
+
+SIGMAS = flow_sigmas(30)
+
+
+def test_curvature_and_slope_of_a_quadratic_field_are_exact():
+    c = torch.tensor([0.5, -2.0], dtype=torch.float64)
+    v = {m: c * SIGMAS[m] ** 2 for m in (3, 5, 8)}
+    curvature, slope = one_step_errors(SIGMAS, 3, 5, 8, v[3], v[5], v[8]).tolist()
+    assert curvature == pytest.approx(2 * float(c.abs().mean()), rel=1e-5)  # |v''| = 2|c|
+    assert slope == pytest.approx(float(c.abs().mean()) * (SIGMAS[5] + SIGMAS[8]), rel=1e-5)
+
+
+def test_costs_follow_the_formula_for_constant_curvature():
+    observations = Observations([0.2, 0.9], [3.0, 3.0], [0.5, 0.5])
+    costs = learned_costs(SIGMAS, observations, max_gap=4)
+    s, h = np.asarray(SIGMAS), np.abs(np.diff(SIGMAS))
+    a, back, d = 10, 3, 4  # edge 10 -> 14 after a call at step 7
+    expected = sum(h[m] * 1.5 * abs((s[m] - s[a]) * (s[m] - s[a - back])) * (m - a) for m in range(a + 1, a + d))
+    assert costs.band[back, a, d] == pytest.approx(expected, rel=1e-12)
+    first = sum(h[m] * 0.5 * abs(s[m] - s[0]) * m for m in (1, 2))
+    assert costs.band[0, 0, 3] == pytest.approx(first, rel=1e-12) and np.isinf(costs.band[0, 5, 2])
+    assert costs.band.shape == (5, 30, 5) and costs.pair_state and "2 observations" in costs.source
+    with pytest.raises(ValueError, match="no observations"):
+        learned_costs(SIGMAS, Observations())
+
+
+def test_observations_are_bounded_validated_and_round_trip():
+    observations = Observations()
+    for k in range(MAX_OBSERVATIONS + 10):
+        observations.add(0.5, 1.0 + k, 2.0)
+    observations.add(0.4, float("nan"), 1.0)  # no information: dropped
+    observations.add(0.4, 0.0, 1.0)
+    assert len(observations) == MAX_OBSERVATIONS and observations.curvature[0] == 11.0
+    assert Observations.from_dict(observations.to_dict()) == observations
+    for bad in ({"sigma": None}, {"sigma": [1.0], "curvature": []}, {"sigma": ["x"]}):
+        with pytest.raises(ValueError, match="malformed observations"):
+            Observations.from_dict({"curvature": [1.0], "slope": [1.0]} | bad)
+
+
+def test_a_second_run_plans_from_what_the_first_showed():
+    learned = Observations()
+    first = cached_denoiser(Field(), SIGMAS, compute_steps=12, learn=learned)
+    sample_dpmpp_2m(first, noise(), torch.tensor(SIGMAS, dtype=torch.float64))
+    assert first.schedule.settings.cost_source == "even" and len(learned) == 0  # added when the run ends
+    assert first.stats.model_calls == 12 and len(learned) == 12 - 2
+    field = Field()
+    second = cached_denoiser(field, SIGMAS, compute_steps=12, learn=learned)
+    sample_dpmpp_2m(second, noise(), torch.tensor(SIGMAS, dtype=torch.float64))
+    assert second.schedule.settings.cost_source == "learned (10 observations)"
+    assert field.calls == second.stats.model_calls == 12 and len(learned) == 20
+    with pytest.raises(ValueError, match="learned costs are for meancache2"):
+        cached_denoiser(Field(), SIGMAS, compute_steps=12, estimator="reuse", learn=learned)
