@@ -90,8 +90,24 @@ from tiny_models import (  # noqa: E402
     tiny_zimage,
 )
 
+#: MeanCache Planner inputs of the balanced preset at 30 steps on the prior, as the tests' common base.
+PLANNER_INPUTS = dict(
+    preset="balanced",
+    steps=30,
+    scheduler="simple",
+    denoise=1.0,
+    compute_steps=0,
+    speedup=2.5,
+    gamma=2.0,
+    warmup=3,
+    max_gap=8,
+    estimator="meancache2",
+    cost_source="prior",
+)
+
 __all__ = [
     "COMFYUI_ROOT",
+    "PLANNER_INPUTS",
     "PROJECT_ROOT",
     "ZIMAGE_CAP_FEAT_DIM",
     "FLUX_CONTEXT_DIM",

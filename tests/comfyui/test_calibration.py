@@ -11,18 +11,9 @@ import torch
 from comfy_meancache.comfyui.nodes import MeanCacheApply, MeanCacheCalibrate, MeanCachePlanner, MeanCacheReport
 
 STEPS = 20
-PLANNER = dict(
-    preset="custom",
-    steps=STEPS,
-    scheduler="simple",
-    denoise=1.0,
-    compute_steps=8,
-    speedup=2.5,
-    gamma=2.0,
-    warmup=3,
-    max_gap=8,
-    estimator="meancache2",
-)
+PLANNER = {k: v for k, v in harness.PLANNER_INPUTS.items() if k != "cost_source"} | dict(
+    preset="custom", steps=STEPS, compute_steps=8
+)  # each test names its cost source
 
 
 @pytest.fixture(scope="module")

@@ -24,19 +24,7 @@ FAMILIES = {
     "hunyuan_video": harness.tiny_hunyuan_video,
     "wan21": harness.tiny_wan21,
 }
-PLANNER = dict(
-    preset="balanced",
-    steps=STEPS,
-    scheduler="simple",
-    denoise=1.0,
-    compute_steps=0,
-    speedup=2.5,
-    gamma=2.0,
-    warmup=3,
-    max_gap=8,
-    estimator="meancache2",
-    cost_source="prior",
-)
+PLANNER = harness.PLANNER_INPUTS | {"steps": STEPS}
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))

@@ -49,10 +49,9 @@ def test_ksampler_advanced_fragment_follows_its_slice_of_the_plan(zimage):
 @pytest.mark.parametrize("source", ["prior", "official-zimage-50"])
 def test_other_step_counts_are_planned_again_from_the_same_source(zimage, source):
     """A 30-step plan sampled at 20 steps runs the plan the Planner makes for 20 steps, within every limit."""
-    planner = dict(preset="balanced", scheduler="simple", denoise=1.0, compute_steps=0, speedup=2.5, gamma=2.0)
-    planner |= dict(warmup=3, max_gap=8, estimator="meancache2", cost_source=source)
-    planned = harness.execute_node(MeanCachePlanner, model=zimage, steps=STEPS, **planner)[0]
-    direct = harness.execute_node(MeanCachePlanner, model=zimage, steps=20, **planner)[0]
+    planner = harness.PLANNER_INPUTS | {"cost_source": source}
+    planned = harness.execute_node(MeanCachePlanner, model=zimage, **(planner | {"steps": STEPS}))[0]
+    direct = harness.execute_node(MeanCachePlanner, model=zimage, **(planner | {"steps": 20}))[0]
     patched, holder = patched_with(zimage, planned)
     _, counter = counted(patched, seed=8, steps=20, cfg=1.0)
     ran = holder.latest.schedule

@@ -18,19 +18,7 @@ from comfy_meancache.core.sigmas import flow_sigmas
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STEPS = 30
-PLANNER_DEFAULTS = dict(
-    preset="balanced",
-    steps=STEPS,
-    scheduler="simple",
-    denoise=1.0,
-    compute_steps=0,
-    speedup=2.5,
-    gamma=2.0,
-    warmup=3,
-    max_gap=8,
-    estimator="meancache2",
-    cost_source="prior",
-)
+PLANNER_DEFAULTS = harness.PLANNER_INPUTS | {"steps": STEPS}
 
 
 @pytest.fixture(scope="module")

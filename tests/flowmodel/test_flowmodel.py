@@ -40,16 +40,6 @@ def euler(model: EmbeddedFlowModel, noise: torch.Tensor, labels: torch.Tensor, s
     return x, torch.stack(vs)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Batches here are tiny: one thread is as fast, and immune to the ~10x
-    # slowdown two spinning OpenMP workers suffer on a busy 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model() -> EmbeddedFlowModel:
     return load_embedded_model()

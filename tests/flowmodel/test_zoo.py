@@ -20,15 +20,6 @@ NAMES = sorted(ZOO_MODELS)
 PER_CLASS = 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny batches: one thread is as fast and immune to OpenMP spinning on a busy machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module", params=NAMES)
 def model(request) -> ZooModel:
     return load_zoo_model(request.param)
