@@ -30,8 +30,9 @@ from ..core.profile import TrajectoryRecorder
 from ..core.runtime import SIGMA_RTOL, CachedDenoiser
 from ..core.schedule import Schedule
 from ..core.stepper import RunStats, fingerprint
+from .auto_profile import AutoProfile, profile_path
 from .calibration import Calibration
-from .planning import replan
+from .planning import AUTO, learned_plan, replan
 from .sampler_policy import SamplerPolicy, sampler_policy
 
 log = logging.getLogger("comfy_meancache")
@@ -98,7 +99,9 @@ class MeanCacheHolder:
 class RunState:
     """Per-sampling-call state: the core run (:class:`CachedDenoiser`) under ComfyUI's sampler and calibration."""
 
-    def __init__(self, holder: MeanCacheHolder, sigmas: list[float], policy: SamplerPolicy) -> None:
+    def __init__(
+        self, holder: MeanCacheHolder, sigmas: list[float], policy: SamplerPolicy, auto: AutoProfile | None = None
+    ) -> None:
         if holder.schedule is None:
             schedule, notes = _every_step(sigmas, DEFAULT_ESTIMATOR), []
         else:
@@ -106,6 +109,9 @@ class RunState:
         if not policy.cached and schedule.model_calls < schedule.steps:
             schedule = _every_step(sigmas, schedule.estimator)
             notes.append(f"ran uncached: {policy.reason}")
+        if auto is not None:
+            schedule = learned_plan(schedule, auto.observations)
+        self.auto = auto
         self.recorder = None
         if holder.calibration is not None:
             if policy.cached:
@@ -121,12 +127,18 @@ class RunState:
             cache_device=holder.cache_device,
             debug=holder.debug,
             on_compute=self.recorder.observe if self.recorder is not None else None,
+            learn=auto.observations if auto is not None else None,
         )
         self.notes = notes
 
-    def finish(self) -> RunStats:
+    def finish(self, completed: bool) -> RunStats:
+        """The run's statistics; a completed run under ``auto`` saves what it learned."""
         stats = self.denoiser.stats
         stats.notes[:0] = self.notes
+        if self.auto is not None:
+            if completed:
+                self.auto.save()
+            stats.notes += self.auto.notes
         return stats
 
 
@@ -166,8 +178,9 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     run = output = None
     try:
         guider.model_options = _clone_options(original_options)
+        policy = sampler_policy(sampler)
         try:
-            run = RunState(holder, [float(s) for s in sigmas.tolist()], sampler_policy(sampler))
+            run = RunState(holder, [float(s) for s in sigmas.tolist()], policy, _auto_profile(holder, guider, policy))
         except ValueError as exc:  # sigmas no schedule can follow (rising, a single one): sample plainly
             log.warning("[MeanCache] %s: running this sampler uncached: %s", holder.history.label, exc)
             return executor(*args, **kwargs)
@@ -179,7 +192,7 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     finally:
         guider.model_options = original_options
         if run is not None:
-            stats = run.finish()
+            stats = run.finish(completed=output is not None)
             if output is not None:
                 stats.output_fingerprint = fingerprint(output)
             else:
@@ -188,6 +201,21 @@ def outer_sample_wrapper(executor, *args, **kwargs):
                 _calibrate(holder.calibration, run, stats, guider)
             holder.history.runs.append(stats)
             _log_run(holder, stats)
+
+
+def _auto_profile(holder: MeanCacheHolder, guider, policy: SamplerPolicy) -> AutoProfile | None:
+    """The learned profile of this model and sampler setup, for a plan whose cost source is ``auto``."""
+    if holder.schedule is None or holder.schedule.settings.cost_key != AUTO or not policy.cached:
+        return None
+    cfg = getattr(guider, "cfg", None)
+    cfg = float(cfg) if isinstance(cfg, (int, float)) else None
+    try:
+        path = profile_path(guider.model_patcher, policy.name, cfg)
+    except (AttributeError, RuntimeError, TypeError, ValueError, OSError) as exc:
+        log.warning("[MeanCache] auto: could not identify the model (%s); this run plans evenly", exc)
+        return None
+    metadata = {"model": type(guider.model_patcher.model).__name__, "sampler": policy.name, "cfg": cfg}
+    return AutoProfile.open(path, metadata)
 
 
 def predict_noise_wrapper(executor, *args, **kwargs):

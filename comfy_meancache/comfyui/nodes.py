@@ -22,7 +22,7 @@ from ..core.schedule import PlannerSettings, Schedule
 from ..core.stepper import RunStats
 from .calibration import Calibration, load_profile, profile_stamp, saved_profiles
 from .hook import MeanCacheHolder, RunHistory, attach
-from .planning import BUILT_IN_SOURCES, EVEN, plan_from_source
+from .planning import AUTO, BUILT_IN_SOURCES, plan_from_source
 
 CATEGORY = "sampling/meancache"
 ScheduleType = io.Custom("MEANCACHE_SCHEDULE")
@@ -110,9 +110,11 @@ class MeanCachePlanner(io.ComfyNode):
                 io.Combo.Input(
                     "cost_source",
                     options=[*BUILT_IN_SOURCES, *saved_profiles()],
-                    default=EVEN,
-                    tooltip="Where edge costs come from. even (default): model calls spread evenly over your "
-                    "sampler's steps, nothing assumed about the model (the most robust on models never measured). "
+                    default=AUTO,
+                    tooltip="Where edge costs come from. auto (default): a model's first run plans evenly; every "
+                    "cached run then teaches this model's costs (at no extra model call) to a small profile in "
+                    "user/meancache/auto, keyed by model, LoRAs, sampler and cfg, and later runs plan from it. "
+                    "even: model calls spread evenly over your sampler's steps, nothing assumed or learned. "
                     "prior: a built-in synthetic flow (fitted to a digits model; can misplace calls on others). "
                     "official-zimage-50: the published Z-Image lists (made on diffusers' shift-6 grid), moved onto "
                     "your sigmas. Other entries: profiles saved by MeanCache Calibrate.",
@@ -276,6 +278,8 @@ class MeanCacheCalibrate(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, profile_name: str) -> io.NodeOutput:
+        if profile_name.strip() in BUILT_IN_SOURCES:
+            raise ValueError(f"profile_name: {profile_name.strip()!r} names a built-in cost source; choose another")
         try:
             calibration = Calibration(profile_name.strip())
         except ValueError as exc:

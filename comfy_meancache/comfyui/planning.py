@@ -1,6 +1,8 @@
 """Planning from a named cost source, for the Planner node and for runs on other sigmas.
 
-A cost source is ``even`` (the default: calls spread evenly over the
+A cost source is ``auto`` (the default: evenly on a model's first run, then
+from the costs its own earlier runs showed, resolved by the hook when it
+knows the model and sampler), ``even`` (calls spread evenly over the
 sampler's steps, nothing assumed about the model), ``prior`` (the built-in
 Gaussian-mixture prior), ``official-zimage-50`` (the published lists) or the
 name of a saved calibration profile. A schedule remembers its
@@ -13,13 +15,15 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..core.costs import even_costs
+from ..core.estimators import DEFAULT_ESTIMATOR
+from ..core.learning import Observations, learned_costs
 from ..core.official import OFFICIAL_SOURCE, official_plan
 from ..core.planner import fewest_calls, plan
 from ..core.schedule import PlannerSettings, Schedule
 from .calibration import load_profile, saved_profiles
 
-EVEN, PRIOR, OFFICIAL = "even", "prior", OFFICIAL_SOURCE
-BUILT_IN_SOURCES = (EVEN, PRIOR, OFFICIAL)
+AUTO, EVEN, PRIOR, OFFICIAL = "auto", "even", "prior", OFFICIAL_SOURCE
+BUILT_IN_SOURCES = (AUTO, EVEN, PRIOR, OFFICIAL)
 
 
 def plan_from_source(grid: list[float], source: str, estimator: str, settings: PlannerSettings, budget: dict):
@@ -30,7 +34,7 @@ def plan_from_source(grid: list[float], source: str, estimator: str, settings: P
         calls = budget.get("compute_steps") or max(fewest_calls(n, settings), round(n / budget["speedup"]))
         return official_plan(grid, calls)
     costs = None
-    if source == EVEN:
+    if source in (AUTO, EVEN):
         costs = even_costs(len(grid) - 1, estimator, settings.max_span, settings.max_gap)
     elif source != PRIOR:
         if source not in saved_profiles():
@@ -38,7 +42,10 @@ def plan_from_source(grid: list[float], source: str, estimator: str, settings: P
                 f"cost_source: no profile named {source!r} (saved: {', '.join(saved_profiles()) or 'none'})"
             )
         costs = load_profile(source).costs(grid, estimator, settings.max_span, settings.max_gap)
-    return plan(grid, estimator=estimator, settings=settings, costs=costs, **budget)
+    planned = plan(grid, estimator=estimator, settings=settings, costs=costs, **budget)
+    if source == AUTO:
+        return planned.with_notes("auto: planned evenly here; each sampling run re-plans from what this model learned")
+    return planned
 
 
 def replan(schedule: Schedule, sigmas: list[float]) -> Schedule:
@@ -50,4 +57,30 @@ def replan(schedule: Schedule, sigmas: list[float]) -> Schedule:
     )
     return planned.with_notes(
         f"re-planned for the sampler's {n} steps ({schedule.summary()} was planned for other sigmas)"
+    )
+
+
+def learned_plan(schedule: Schedule, observations: Observations) -> Schedule:
+    """``schedule`` planned again from what earlier runs of this model learned, with the same model calls.
+
+    Without observations, or for an estimator other than the one learned
+    costs price, the schedule stays as it is, with a note saying why.
+    """
+    if not len(observations):
+        return schedule.with_notes("auto: this model's first run here plans evenly; later runs plan from it")
+    if schedule.estimator != DEFAULT_ESTIMATOR:
+        return schedule.with_notes(f"auto: learned costs price {DEFAULT_ESTIMATOR}, not {schedule.estimator}; even")
+    costs = learned_costs(schedule.sigmas, observations, schedule.settings.max_gap)
+    try:
+        learned = plan(
+            schedule.sigmas,
+            compute_steps=schedule.model_calls,
+            estimator=schedule.estimator,
+            settings=schedule.settings,
+            costs=costs,
+        )
+    except ValueError as exc:  # the call count of a fragment's slice that the settings cannot plan
+        return schedule.with_notes(f"auto: kept the even plan ({exc})")
+    return replace(learned, notes=schedule.notes).with_notes(
+        f"auto: planned from this model's learned costs ({len(observations)} observations)"
     )

@@ -15,19 +15,30 @@ when there is none), and the edge costs ``sum_m |h_m| * e_m * (m - a)``: each
 velocity error moves the state by its step and the later estimates of the
 edge build on it. The first run plans with even costs; later runs of the same
 model plan from what the earlier ones showed.
+
+:func:`save_learned` / :func:`load_learned` keep one model's observations in a
+small JSON file (at most :data:`MAX_OBSERVATIONS`, well under
+:data:`MAX_FILE_BYTES`), written atomically.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .costs import EdgeCosts
+from .profile import temporary_beside
 
-MAX_OBSERVATIONS = 4096  # JSON of a few tens of bytes each: well under 1 MB per model
+MAX_OBSERVATIONS = 4096  # three 7-digit floats each in JSON: about 160 kB per model
+MAX_FILE_BYTES = 1 << 20
+LEARNED_FORMAT = "comfy-meancache-learned"
+LEARNED_VERSION = 1
 
 
 def one_step_errors(
@@ -89,6 +100,46 @@ class Observations:
         for row in zip(*columns):
             observations.add(*row)
         return observations
+
+
+def save_learned(path: Path, observations: Observations, metadata: dict) -> int:
+    """Write ``observations`` and ``metadata`` to ``path`` atomically; returns the file's size in bytes.
+
+    The file is written beside ``path`` and moved into place, so a failed save
+    (full disk, interrupt) leaves the previous file as it was.
+    """
+    columns = {key: [float(f"{v:.7g}") for v in values] for key, values in observations.to_dict().items()}
+    document = {"format": LEARNED_FORMAT, "version": LEARNED_VERSION, "metadata": metadata, **columns}
+    text = json.dumps(document, separators=(",", ":"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_beside(path)
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return len(text.encode())
+
+
+def load_learned(path: Path) -> tuple[Observations, dict]:
+    """Observations and metadata saved by :func:`save_learned`.
+
+    A file that was read but is unusable is a ``ValueError``; one that could
+    not be read raises ``OSError`` (``FileNotFoundError``: nothing learned yet).
+    """
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ValueError(f"larger than {MAX_FILE_BYTES} bytes")
+        document = json.loads(path.read_text())
+        if not isinstance(document, dict) or document.get("format") != LEARNED_FORMAT:
+            raise ValueError(f"not a learned MeanCache profile (expected format {LEARNED_FORMAT!r})")
+        if document.get("version") != LEARNED_VERSION:
+            raise ValueError(f"version {document.get('version')!r} is not supported (reads {LEARNED_VERSION})")
+        if not isinstance(document.get("metadata"), dict):
+            raise ValueError("metadata must be an object")
+        return Observations.from_dict(document), document["metadata"]
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+        raise ValueError(f"{path} is not a usable learned profile: {exc}") from exc
 
 
 def learned_costs(sigmas: Sequence[float], observations: Observations, max_gap: int = 8) -> EdgeCosts:

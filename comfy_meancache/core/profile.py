@@ -153,7 +153,7 @@ class Profile:
             "metadata": self.metadata,
             "runs": [{"sigmas": run.sigmas} for run in self.runs],
         }
-        tensor_tmp, json_tmp = _temporary(tensor_path), _temporary(json_path)
+        tensor_tmp, json_tmp = temporary_beside(tensor_path), temporary_beside(json_path)
         try:
             save_file(tensors, str(tensor_tmp))
             json_tmp.write_text(json.dumps(document, indent=1))
@@ -200,7 +200,7 @@ def _check_document(document: object) -> None:
             raise ValueError("each run needs a list of at most 10001 sigmas")
 
 
-def _temporary(path: Path) -> Path:
+def temporary_beside(path: Path) -> Path:
     """A new empty file beside ``path`` (same file system, so ``os.replace`` is atomic); never listed."""
     handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)

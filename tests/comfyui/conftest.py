@@ -128,9 +128,9 @@ else:
         caplog.set_level(logging.DEBUG)
         return caplog
 
-    @pytest.fixture
+    @pytest.fixture(autouse=True)
     def user_dir(tmp_path):
-        """ComfyUI's user directory (where profiles are saved) in ``tmp_path`` for one test."""
+        """ComfyUI's user directory (profiles, learned auto profiles) in ``tmp_path``: no test sees another's."""
         import folder_paths
 
         before = folder_paths.get_user_directory()

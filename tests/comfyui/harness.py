@@ -45,11 +45,13 @@ Nodes / packs:
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import inspect
 import io as _stdio
 import json
 import logging
+import shutil
 import tempfile
 import threading
 import time
@@ -792,7 +794,8 @@ def load_custom_node_pack(
     """
     path = Path(path).resolve()
     if as_name is not None:
-        link_dir = Path(tempfile.mkdtemp(prefix="comfyui-harness-pack-"))  # kept: the module lives there
+        link_dir = Path(tempfile.mkdtemp(prefix="comfyui-harness-pack-"))  # the module lives there until exit
+        atexit.register(shutil.rmtree, link_dir, ignore_errors=True)
         (link_dir / as_name).symlink_to(path, target_is_directory=path.is_dir())
         path = link_dir / as_name
     if ignore is None:

@@ -40,7 +40,7 @@ def test_calibrate_twice_then_plan_from_the_profile(zimage, user_dir):
     assert "now holds 2 calibration runs" in " ".join(holder.latest.notes)
 
     sources = harness.node_info(MeanCachePlanner)["input"]["required"]["cost_source"][1]["options"]
-    assert sources[:3] == ["even", "prior", "official-zimage-50"] and "tiny-zimage" in sources
+    assert sources[:4] == ["auto", "even", "prior", "official-zimage-50"] and "tiny-zimage" in sources
     from_profile = harness.execute_node(MeanCachePlanner, model=zimage, cost_source="tiny-zimage", **PLANNER)[0]
     from_prior = harness.execute_node(MeanCachePlanner, model=zimage, cost_source="prior", **PLANNER)[0]
     assert from_profile.settings.cost_source == "profile tiny-zimage (2 runs)"

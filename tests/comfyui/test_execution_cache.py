@@ -11,6 +11,7 @@ too. Runs the t2i example workflow on the tiny Z-Image model.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import executor as ex
 import harness
@@ -25,9 +26,18 @@ CACHING = ["classic", "lru", "none"]  # ComfyUI's default, --cache-lru N, --cach
 
 
 @pytest.fixture(scope="module")
-def prompt() -> dict:
+def shipped() -> dict:
+    """The workflow as shipped (cost source ``auto``), on the tiny model."""
     api = ex.ui_to_api(json.loads(WORKFLOW.read_text(encoding="utf-8")))
     return ex.swap_to_tiny(api, steps=STEPS)
+
+
+@pytest.fixture(scope="module")
+def prompt(shipped) -> dict:
+    """The workflow on ``even`` costs: these tests need the same seed to give the same latent on every queue."""
+    changed = json.loads(json.dumps(shipped))
+    changed[ex.one(changed, "MeanCachePlanner")]["inputs"]["cost_source"] = "even"
+    return changed
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +123,27 @@ def test_requeued_unchanged_prompt(engine, prompt, ids):
         assert holder is first.output(ids["MeanCacheApply"], 1) and len(holder.runs) == 1  # no new run appended
         assert again.ui[ids["MeanCacheReport"]] == first.ui[ids["MeanCacheReport"]]  # cached ui re-sent
         assert ids["MeanCacheReport"] not in again.texts  # the text preview is transient
+
+
+def test_the_shipped_auto_source_learns_on_the_first_queue_and_plans_from_it_on_the_next(engine, shipped, ids):
+    first = engine.run(with_seed(shipped, 1)).raise_for_error()
+    runs = [first.output(ids["MeanCacheApply"], 1).latest]  # read now: the history may be served from the cache
+    second = engine.run(with_seed(shipped, 2)).raise_for_error()
+    runs.append(second.output(ids["MeanCacheApply"], 1).latest)
+    schedule = first.output(ids["MeanCachePlanner"])
+    [path] = list((engine_user_dir() / "meancache" / "auto").glob("*.json"))
+    assert runs[0].schedule.settings.cost_source.startswith("even")
+    assert runs[1].schedule.settings.cost_source.startswith("learned")
+    for result, run in zip((first, second), runs):
+        assert len(result.calls) == run.model_calls == schedule.model_calls
+    report = second.text(ids["MeanCacheReport"])
+    assert "planned from this model's learned costs" in report and f"{path.name}: " in report
+
+
+def engine_user_dir() -> Path:
+    import folder_paths
+
+    return Path(folder_paths.get_user_directory())
 
 
 def test_changing_the_preset_replans_and_patches_again(engine, prompt, ids):

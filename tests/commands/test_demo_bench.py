@@ -47,7 +47,15 @@ def test_bench_zoo_quick_scores_every_method_at_its_exact_budget(tmp_path, capsy
     assert main(["bench", "--quick", "--models", "digits-dit", "terrain-latent", "--out", str(tmp_path)]) == 0
     cells = json.loads((tmp_path / "zoo.json").read_text())["cells"]
     assert {c["model"] for c in cells} == {"digits-dit", "terrain-latent"}
-    assert {c["method"] for c in cells} == {"full", "fewer steps", "default", "learned", "4th run", "prior", "calibrated"}
+    assert {c["method"] for c in cells} == {
+        "full",
+        "fewer steps",
+        "default",
+        "learned",
+        "4th run",
+        "prior",
+        "calibrated",
+    }
     assert {c["sampler"] for c in cells} == {"euler", "dpmpp_2m"}
     for c in cells:
         assert c["calls"] == c["budget"]  # every cached method spends exactly its budget

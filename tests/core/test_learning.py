@@ -5,7 +5,15 @@ import pytest
 import torch
 from exact_flow import Field, noise
 
-from comfy_meancache.core.learning import MAX_OBSERVATIONS, Observations, learned_costs, one_step_errors
+from comfy_meancache.core.learning import (
+    MAX_FILE_BYTES,
+    MAX_OBSERVATIONS,
+    Observations,
+    learned_costs,
+    load_learned,
+    one_step_errors,
+    save_learned,
+)
 from comfy_meancache.core.runtime import cached_denoiser
 from comfy_meancache.core.sigmas import flow_sigmas
 from comfy_meancache.samplers import sample_dpmpp_2m
@@ -61,3 +69,55 @@ def test_a_second_run_plans_from_what_the_first_showed():
     assert field.calls == second.stats.model_calls == 12 and len(learned) == 20
     with pytest.raises(ValueError, match="learned costs are for meancache2"):
         cached_denoiser(Field(), SIGMAS, compute_steps=12, estimator="reuse", learn=learned)
+
+
+def test_a_full_learned_profile_stays_under_a_megabyte_and_round_trips(tmp_path):
+    observations = Observations()
+    rng = np.random.default_rng(0)
+    for sigma, curvature, slope in rng.uniform(1e-9, 1e9, size=(MAX_OBSERVATIONS + 100, 3)):
+        observations.add(-sigma * np.pi / 1e9 + 4, curvature * np.e, slope / np.e)  # long decimals everywhere
+    path = tmp_path / "auto" / "model.json"
+    size = save_learned(path, observations, {"model": "X", "runs": 7})
+    assert size == path.stat().st_size < MAX_FILE_BYTES / 2 and len(observations) == MAX_OBSERVATIONS
+    loaded, metadata = load_learned(path)
+    assert metadata == {"model": "X", "runs": 7} and len(loaded) == MAX_OBSERVATIONS
+    np.testing.assert_allclose(loaded.curvature, observations.curvature, rtol=1e-6)
+    assert [p.name for p in path.parent.iterdir()] == ["model.json"]  # no temporary file left
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("{ not json", "Expecting"),
+        ("[]", "not a learned MeanCache profile"),
+        ('{"format": "comfy-meancache-learned", "version": 9}', "version 9"),
+        ('{"format": "comfy-meancache-learned", "version": 1, "metadata": {}}', "malformed observations"),
+        ('{"format": "comfy-meancache-learned", "version": 1, "metadata": [], "sigma": []}', "metadata must be"),
+        (" " * (MAX_FILE_BYTES + 1), "larger than"),
+        (b"\xff\xfe", "codec"),
+    ],
+)
+def test_an_unusable_learned_profile_is_a_value_error_naming_the_file(tmp_path, text, problem):
+    path = tmp_path / "model.json"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ValueError, match=problem) as raised:
+        load_learned(path)
+    assert str(path) in str(raised.value)
+    with pytest.raises(FileNotFoundError):
+        load_learned(tmp_path / "missing.json")
+
+
+def test_a_failed_save_leaves_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "model.json"
+    observations = Observations()
+    observations.add(0.5, 1.0, 2.0)
+    save_learned(path, observations, {"runs": 1})
+    before = path.read_text()
+
+    def interrupted(source, target):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("comfy_meancache.core.learning.os.replace", interrupted)
+    with pytest.raises(OSError, match="disk full"):
+        save_learned(path, observations, {"runs": 2})
+    assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["model.json"]

@@ -1,0 +1,135 @@
+"""The ``auto`` cost source: every model learns its own edge costs from its cached runs.
+
+One learned profile per model and sampler setup (model weights and LoRAs,
+sampler, CFG scale) lives in ``<ComfyUI user directory>/meancache/auto/``.
+A run opens it, plans from what earlier runs showed (or evenly, on a model's
+first run), and adds its own observations when it completes
+(:mod:`..core.learning`). The file is small (bounded observations) and written
+atomically. A file that cannot be read is moved aside, never overwritten, and
+a folder that cannot be written leaves a warning: the prompt never fails, and
+this session keeps learning in memory. Deleting the file forgets the model.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..core.learning import Observations, load_learned, save_learned
+from .calibration import profile_folder
+
+log = logging.getLogger("comfy_meancache")
+
+AUTO_SUBFOLDER = "auto"
+SAMPLED_WEIGHTS = 4  # tensors whose first values identify the weights
+SAMPLED_VALUES = 64
+_UNSAVED: dict[Path, Observations] = {}  # what this session learned but could not save, by file
+
+
+def auto_folder() -> Path:
+    return profile_folder() / AUTO_SUBFOLDER
+
+
+def model_identity(model_patcher) -> tuple[str, str]:
+    """``(class name, digest)`` of the model as sampled: architecture, weights and weight patches (LoRAs).
+
+    The weights are identified by the first values of a few tensors that no
+    patch touches, so a model with its LoRA applied (ComfyUI keeps it loaded
+    patched between prompts) and the same model not yet loaded agree.
+    """
+    model = model_patcher.model
+    digest = hashlib.sha256(type(model).__name__.encode())
+    config = getattr(getattr(model, "model_config", None), "unet_config", None)
+    digest.update(repr(sorted((config or {}).items(), key=str)).encode())
+    for key in sorted(model_patcher.patches):
+        strengths = [(p[0], p[2]) for p in model_patcher.patches[key]]
+        digest.update(f"{key}:{strengths};".encode())
+    state = model.state_dict()
+    untouched = [k for k in state if k not in model_patcher.patches and k not in model_patcher.backup]
+    step = max(1, len(untouched) // SAMPLED_WEIGHTS)
+    for key in untouched[::step][:SAMPLED_WEIGHTS]:
+        tensor = state[key]
+        digest.update(f"{key}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        try:
+            values = tensor.detach().flatten()[:SAMPLED_VALUES].to(device="cpu", dtype=torch.float64)
+        except Exception as exc:  # quantized or custom tensor types: their shapes and names still identify them
+            log.debug("[MeanCache] weight %s not sampled for the auto profile key: %s", key, exc)
+            continue
+        digest.update(values.numpy().tobytes())
+    return type(model).__name__, digest.hexdigest()
+
+
+def profile_path(model_patcher, sampler: str, cfg: float | None) -> Path:
+    """``auto/<model class>-<sampler>-cfg<scale>-<digest>.json``: readable, and unique per model and setup."""
+    name, digest = model_identity(model_patcher)
+    scale = "none" if cfg is None else f"{cfg:g}"
+    key = hashlib.sha256(f"{digest}|{sampler}|{scale}".encode()).hexdigest()[:16]
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{name}-{sampler}-cfg{scale}")[:80]
+    return auto_folder() / f"{stem}-{key}.json"
+
+
+@dataclass
+class AutoProfile:
+    """One model's learned profile for one run: what it holds now and the run's notes about it."""
+
+    path: Path
+    observations: Observations
+    metadata: dict
+    notes: list[str] = field(default_factory=list)
+    unreadable: str | None = None  # why the file on disk could not be used
+
+    @classmethod
+    def open(cls, path: Path, metadata: dict) -> AutoProfile:
+        """Load ``path``; without a usable file, what this session could not save (or nothing).
+
+        A file with unusable content warns and plans evenly; the next save
+        keeps it aside. One that cannot be read at all (permissions, a file
+        where the folder should be) warns too.
+        """
+        unsaved = _UNSAVED.get(path, Observations())
+        try:
+            observations, saved = load_learned(path)
+        except FileNotFoundError:
+            return cls(path, unsaved, {**metadata, "runs": 0})
+        except OSError as exc:
+            profile = cls(path, unsaved, {**metadata, "runs": 0})
+            profile.warn(f"auto profile cannot be read ({exc}); planning from this session's runs only")
+            return profile
+        except ValueError as exc:
+            profile = cls(path, Observations(), {**metadata, "runs": 0}, unreadable=str(exc))
+            profile.warn(f"auto profile unreadable, planning without it: {exc}")
+            return profile
+        runs = saved.get("runs", 0)
+        return cls(path, observations, {**metadata, "runs": runs if isinstance(runs, int) else 0})
+
+    def warn(self, text: str) -> None:
+        self.notes.append(text)
+        log.warning("[MeanCache] %s", text)
+
+    def save(self) -> None:
+        """Write the profile with this run's observations; problems are warnings, never errors."""
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        metadata = {**self.metadata, "runs": self.metadata["runs"] + 1, "updated": now}
+        try:
+            if self.unreadable is not None and self.path.exists():
+                kept = self.path.with_name(f"{self.path.stem}.unreadable-{now.replace(':', '')}.json")
+                os.replace(self.path, kept)
+                self.warn(f"the unreadable auto profile was kept as {kept.name}; a new one starts")
+            size = save_learned(self.path, self.observations, metadata)
+        except OSError as exc:
+            _UNSAVED[self.path] = self.observations
+            self.warn(f"auto profile not saved ({exc}); this session keeps what it learned in memory")
+            return
+        _UNSAVED.pop(self.path, None)
+        self.metadata = metadata
+        self.notes.append(
+            f"auto profile {self.path.name}: {len(self.observations)} observations from {metadata['runs']} runs "
+            f"({size / 1024:.1f} KiB)"
+        )

@@ -1,0 +1,147 @@
+"""The ``auto`` cost source inside real ComfyUI: a model learns its costs from its own cached runs.
+
+The first run plans evenly and creates the model's learned profile under
+``user/meancache/auto``; the second plans from it (exactly the plan the saved
+observations give); a corrupt file or a folder that cannot be written costs a
+warning and an evenly planned run, never a failed prompt or lost data.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import harness
+import pytest
+
+from comfy_meancache.comfyui.auto_profile import model_identity
+from comfy_meancache.comfyui.nodes import MeanCacheApply, MeanCacheCalibrate, MeanCachePlanner, MeanCacheReport
+from comfy_meancache.core.learning import learned_costs, load_learned
+from comfy_meancache.core.planner import plan
+
+STEPS, CALLS, CFG = 20, 8, 4.0
+PLANNER = {k: v for k, v in harness.PLANNER_INPUTS.items() if k != "cost_source"} | dict(
+    preset="custom", steps=STEPS, compute_steps=CALLS
+)
+
+
+@pytest.fixture(scope="module")
+def zimage():
+    return harness.tiny_zimage(seed=3)
+
+
+def auto_model(model):
+    """Planner on ``auto`` -> Apply; returns the Planner's (even) plan, the patched model and its stats."""
+    schedule = harness.execute_node(MeanCachePlanner, model=model, cost_source="auto", **PLANNER)[0]
+    patched, history = harness.execute_node(MeanCacheApply, model=model, schedule=schedule).result
+    return schedule, patched, history
+
+
+def learned_files(user_dir):
+    folder = user_dir / "meancache" / "auto"
+    return sorted(p for p in folder.glob("*.json")) if folder.is_dir() else []
+
+
+def test_auto_is_the_default_cost_source():
+    source = harness.node_info(MeanCachePlanner)["input"]["required"]["cost_source"][1]
+    assert source["default"] == "auto" and source["options"][:4] == ["auto", "even", "prior", "official-zimage-50"]
+
+
+def test_first_run_creates_the_profile_and_the_second_plans_from_it(zimage, user_dir):
+    schedule, patched, history = auto_model(zimage)
+    assert schedule.settings.cost_key == "auto" and schedule.settings.cost_source.startswith("even")
+    counter = harness.DiffusionModelCallCounter(patched)
+
+    harness.sample(counter.model, seed=1, steps=STEPS, cfg=CFG)
+    first = history.latest
+    assert first.model_calls == CALLS and counter.count == 2 * CALLS  # cond and uncond apart
+    assert first.schedule.computed_steps == schedule.computed_steps  # nothing learned yet: the even plan
+    [path] = learned_files(user_dir)
+    assert path.name.startswith("Lumina2-euler-cfg4-")
+    learned, metadata = load_learned(path)
+    assert metadata["runs"] == 1 and metadata["sampler"] == "euler" and metadata["cfg"] == CFG
+    assert len(learned) == CALLS - 2  # every computed step after two others
+    assert any("first run here plans evenly" in n for n in first.schedule.notes)
+
+    counter.reset()
+    latent = harness.sample(counter.model, seed=2, steps=STEPS, cfg=CFG)
+    second = history.latest
+    expected = plan(
+        list(second.schedule.sigmas),
+        compute_steps=CALLS,
+        settings=schedule.settings,
+        costs=learned_costs(second.schedule.sigmas, learned, schedule.settings.max_gap),
+    )
+    assert second.schedule.computed_steps == expected.computed_steps and counter.count == 2 * CALLS
+    assert second.schedule.settings.cost_source == f"learned ({CALLS - 2} observations)"
+    assert load_learned(path)[1]["runs"] == 2 and len(load_learned(path)[0]) > len(learned)
+    assert path.stat().st_size < 1 << 20
+
+    chart, text = harness.execute_node(MeanCacheReport, stats=history, latent={"samples": latent}).result
+    assert chart.shape[-1] == 3
+    assert "costs learned (6 observations)" in text and "planned from this model's learned costs" in text
+    assert f"auto profile {path.name}: " in text and "from 2 runs" in text
+
+
+def test_the_profile_is_keyed_by_model_loras_sampler_and_cfg(zimage, user_dir):
+    _, patched, _ = auto_model(zimage)
+    for sampler, cfg in (("euler", CFG), ("euler", 1.0), ("dpmpp_2m", CFG), ("euler", CFG)):
+        harness.sample(patched, seed=1, steps=STEPS, cfg=cfg, sampler_name=sampler)
+    assert len(learned_files(user_dir)) == 3  # the repeated setup adds to its own file
+
+    other = harness.tiny_zimage(seed=4)
+    assert model_identity(other) != model_identity(zimage) and model_identity(zimage.clone()) == model_identity(zimage)
+    with_lora = zimage.clone()
+    key = next(k for k in with_lora.model.state_dict() if k.endswith("weight") and "layers.0" in k)
+    weight = with_lora.model.state_dict()[key]
+    with_lora.add_patches({key: (weight * 0.0 + 0.01,)}, 0.5)  # a "diff" patch, as a LoRA adds
+    assert model_identity(with_lora) != model_identity(zimage)
+    before = model_identity(with_lora)
+    with_lora.patch_model()  # loaded with the patch applied, as between prompts: same identity
+    try:
+        assert model_identity(with_lora) == before
+    finally:
+        with_lora.unpatch_model()
+
+
+def test_a_corrupt_profile_warns_plans_evenly_and_is_kept_aside(zimage, user_dir, caplog):
+    schedule, patched, history = auto_model(zimage)
+    harness.sample(patched, seed=1, steps=STEPS, cfg=CFG)
+    [path] = learned_files(user_dir)
+    path.write_text('{"format": "comfy-meancache-learned", "version": 1, "sigma": [')
+    with caplog.at_level(logging.WARNING):
+        harness.sample(patched, seed=2, steps=STEPS, cfg=CFG)
+    run = history.latest
+    assert run.model_calls == CALLS and run.schedule.computed_steps == schedule.computed_steps
+    assert any("auto profile unreadable, planning without it" in r.getMessage() for r in caplog.records)
+    kept = [p for p in path.parent.iterdir() if ".unreadable-" in p.name]
+    assert len(kept) == 1 and kept[0].read_text().endswith('"sigma": [')  # the user's file, untouched
+    assert load_learned(path)[1]["runs"] == 1  # a fresh profile from this run
+    assert any("unreadable auto profile was kept as" in n for n in run.notes)
+
+
+def test_an_unwritable_folder_warns_and_the_session_still_learns(zimage, user_dir, caplog):
+    (user_dir / "meancache").mkdir()
+    (user_dir / "meancache" / "auto").write_text("a file where the folder should be")
+    schedule, patched, history = auto_model(zimage)
+    with caplog.at_level(logging.WARNING):
+        first = harness.sample(patched, seed=1, steps=STEPS, cfg=CFG)
+        harness.sample(patched, seed=2, steps=STEPS, cfg=CFG)
+    runs = list(history.runs)
+    assert first.isfinite().all() and [r.model_calls for r in runs] == [CALLS, CALLS]
+    assert runs[0].schedule.computed_steps == schedule.computed_steps
+    assert runs[1].schedule.settings.cost_source.startswith("learned")  # from this session's memory
+    assert any("auto profile not saved" in r.getMessage() for r in caplog.records)
+    assert (user_dir / "meancache" / "auto").read_text() == "a file where the folder should be"
+
+
+def test_other_cost_sources_and_calibration_learn_nothing(zimage, user_dir):
+    schedule = harness.execute_node(MeanCachePlanner, model=zimage, cost_source="even", **PLANNER)[0]
+    patched = harness.execute_node(MeanCacheApply, model=zimage, schedule=schedule)[0]
+    harness.sample(patched, seed=1, steps=STEPS, cfg=CFG)
+    assert learned_files(user_dir) == []
+
+
+@pytest.mark.parametrize("name", ["auto", "even", "prior"])
+def test_a_calibration_profile_cannot_take_a_built_in_sources_name(zimage, name):
+    with pytest.raises(ValueError, match="names a built-in cost source"):
+        harness.execute_node(MeanCacheCalibrate, model=zimage, profile_name=name)
