@@ -12,9 +12,11 @@ the evaluation seeds.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import platform
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import date
@@ -26,12 +28,14 @@ from matplotlib.figure import Figure
 
 from .core.costs import EdgeCosts
 from .core.euler import sample_euler
+from .core.learning import Observations, save_learned
 from .core.official import official_plan
 from .core.planner import fewest_calls, plan
 from .core.profile import Profile, Trajectory
+from .core.runtime import CachedDenoiser, cached_denoiser
 from .core.schedule import PlannerSettings, Schedule
 from .core.sigmas import flow_sigmas
-from .core.stepper import Action, Stepper
+from .core.stepper import Stepper
 from .flowmodel import decode, load_embedded_model, sample_noise
 from .metrics import psnr, relative_l2, ssim
 
@@ -206,41 +210,62 @@ def budgets_for(steps: int) -> list[int]:
     return sorted({max(2, round(steps * b / 50)) for b in BUDGETS_OF_50}, reverse=True)
 
 
+OVERHEAD_CASES = (("meancache2", False), ("meancache", False), ("meancache2", True))  # (estimator, auto)
+OVERHEAD_REPEATS = 7  # runs per case; the median run is reported
+LEARNED_RUNS = 10  # the auto case plans from a profile that ten earlier 50-step runs filled
+
+
 def measure_overhead(model) -> list[dict]:
-    """Per-step stepper bookkeeping at Z-Image latent sizes, against one forward of the embedded model."""
+    """Bookkeeping per step of one cached 50-step run at Z-Image latent sizes, as the hook runs it.
+
+    Every evaluation goes through :class:`CachedDenoiser` (step matching,
+    decisions, history, estimates) with the model call replaced by a ready
+    tensor. The ``auto`` case also does what the ``auto`` source adds: it
+    plans the run from learned costs first, observes curvature and slope at
+    every computed step, and saves the learned profile at the end; that is
+    divided over the run's steps.
+    """
     sigmas = flow_sigmas(50, SHIFT)
     noise, labels = seeds_noise([0], model.latent_shape)
     forward = _median_time(lambda: model.velocity(noise, 0.5, labels, 4.0), 20)
+    earlier = Observations()
+    for _ in range(LEARNED_RUNS):
+        for s in sigmas[2:-1:2]:
+            earlier.add(s, 1.0 + s, 0.5 + s)
     results = []
-    for shape in ((1, 16, 128, 128), (2, 16, 128, 128)):
-        for dtype in (torch.float32, torch.bfloat16):
-            for estimator in ("meancache2", "meancache"):
-                schedule = plan(sigmas, compute_steps=20, estimator=estimator)
+    with tempfile.TemporaryDirectory() as folder:
+        for shape in ((1, 16, 128, 128), (2, 16, 128, 128)):
+            for dtype in (torch.float32, torch.bfloat16):
                 x = torch.randn(shape).to(dtype)
-                v = torch.randn_like(x)
-                per_step = []
-                for _ in range(3):
-                    stepper = Stepper(schedule)
-                    for i in range(50):
+                denoised = torch.randn_like(x)
+                steps = [torch.full((shape[0],), s, dtype=dtype) for s in sigmas[:-1]]
+                for estimator, auto in OVERHEAD_CASES:
+                    run_s = []
+                    for _ in range(OVERHEAD_REPEATS):
                         start = time.perf_counter()
-                        if stepper.decide(i, x) is Action.COMPUTE:
-                            stepper.record(i, v)
+                        if auto:
+                            learned = Observations.from_dict(earlier.to_dict())
+                            cached = cached_denoiser(None, sigmas, compute_steps=20, learn=learned)
                         else:
-                            stepper.estimate(i)
-                        per_step.append(time.perf_counter() - start)
-                    stepper.finish()
-                mean_us = 1e6 * statistics.mean(per_step)
-                results.append(
-                    {
-                        "shape": list(shape),
-                        "dtype": str(dtype).removeprefix("torch."),
-                        "estimator": estimator,
-                        "mean_us_per_step": round(mean_us, 1),
-                        "median_us_per_step": round(1e6 * statistics.median(per_step), 1),
-                        "fraction_of_forward": round(mean_us / (1e6 * forward), 3),
-                        "embedded_forward_us": round(1e6 * forward, 1),
-                    }
-                )
+                            cached = CachedDenoiser(None, plan(sigmas, compute_steps=20, estimator=estimator))
+                            start = time.perf_counter()  # the Planner node plans before sampling
+                        for sigma in steps:
+                            cached.evaluate(x, sigma, lambda ready=denoised: ready)
+                        cached.finish()
+                        if auto:
+                            save_learned(Path(folder) / "auto.json", learned, {"runs": LEARNED_RUNS + 1})
+                        run_s.append(time.perf_counter() - start)
+                    mean_us = 1e6 * statistics.median(run_s) / len(steps)
+                    results.append(
+                        {
+                            "shape": list(shape),
+                            "dtype": str(dtype).removeprefix("torch."),
+                            "estimator": estimator + (" (auto: learning, learned plan)" if auto else ""),
+                            "mean_us_per_step": round(mean_us, 1),
+                            "fraction_of_forward": round(mean_us / (1e6 * forward), 3),
+                            "embedded_forward_us": round(1e6 * forward, 1),
+                        }
+                    )
     return results
 
 
@@ -254,7 +279,7 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def markdown(cases: list[dict], overhead: list[dict], machine: str) -> str:
+def markdown(cases: list[dict], machine: str) -> str:
     lines = [
         f"Benchmark of {date.today().isoformat()} on {machine}.",
         "PSNR in dB (mean +- std) against the full run of the same seeds; SSIM in brackets.",
@@ -278,15 +303,6 @@ def markdown(cases: list[dict], overhead: list[dict], machine: str) -> str:
                     calls = f", {r.calls} calls" if r.calls != b else ""
                     cells.append(f"{r.psnr[0]:.1f} +- {r.psnr[1]:.1f} ({r.ssim[0]:.3f}{calls})")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines.append("")
-    if overhead:
-        lines.append("### Stepper bookkeeping per step (mean)")
-        lines.append("")
-        lines.append("| latent | dtype | estimator | us / step | x embedded forward |")
-        lines.append("|---|---|---|---|---|")
-        for o in overhead:
-            cells = (o["shape"], o["dtype"], o["estimator"], o["mean_us_per_step"], o["fraction_of_forward"])
-            lines.append("| " + " | ".join(map(str, cells)) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -331,15 +347,12 @@ def run(args: argparse.Namespace) -> int:
             budgets = [20, 10] if args.quick else budgets_for(steps)
             rows = bench_case(model, setup, budgets, settings, log)
             cases.append({"steps": steps, "cfg": cfg, "seeds": len(seeds), "rows": [r.__dict__ for r in rows]})
-    overhead = [] if args.quick else measure_overhead(model)
     cpu = platform.processor() or platform.machine()
     machine = f"{cpu}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
     (out / "bench.json").write_text(
-        json.dumps(
-            {"date": date.today().isoformat(), "machine": machine, "cases": cases, "overhead": overhead}, indent=1
-        )
+        json.dumps({"date": date.today().isoformat(), "machine": machine, "cases": cases}, indent=1)
     )
-    table = markdown(cases, overhead, machine)
+    table = markdown(cases, machine)
     (out / "bench.md").write_text(table)
     plot(cases, out / "bench.png")
     print(table)
@@ -349,6 +362,53 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory for reuse, as PyTorch's GPU caching allocator does; False if not glibc.
+
+    Otherwise every fresh 4 MB CPU tensor is new pages from the kernel, and
+    their page faults add up to 1 ms of noise per step on a small VM: the
+    operating system's cost, not MeanCache's.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
+def run_overhead(args: argparse.Namespace) -> int:
+    """``bench --overhead``: the bookkeeping table alone (with freed memory kept, see :func:`keep_freed_memory`)."""
+    kept = keep_freed_memory()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    overhead = measure_overhead(load_embedded_model())
+    cpu = platform.processor() or platform.machine()
+    machine = f"{cpu}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
+    lines = [
+        f"Bookkeeping per step on {machine}, {date.today().isoformat()}: mean over a 50-step run with 20 model "
+        f"calls (median of {OVERHEAD_REPEATS} runs), against one forward of the embedded model; freed memory "
+        + ("kept by glibc for reuse." if kept else "returned to the system (not glibc): page faults included."),
+        "",
+    ]
+    lines += overhead_table(overhead)
+    (out / "overhead.json").write_text(json.dumps({"machine": machine, "overhead": overhead}, indent=1))
+    (out / "overhead.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+def overhead_table(overhead: list[dict]) -> list[str]:
+    lines = ["| latent | dtype | estimator | us / step | x embedded forward |", "|---|---|---|---|---|"]
+    for o in overhead:
+        cells = (o["shape"], o["dtype"], o["estimator"], o["mean_us_per_step"], o["fraction_of_forward"])
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return lines
+
+
 def register(commands) -> None:
     parser = commands.add_parser(
         "bench",
@@ -356,6 +416,9 @@ def register(commands) -> None:
         "embedded model)",
     )
     parser.add_argument("--methods", action="store_true", help="every cached method at equal calls, embedded model")
+    parser.add_argument(
+        "--overhead", action="store_true", help="bookkeeping per step of a cached run at Z-Image latent sizes"
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run: cfg 4, B=20 (and 10), fewer seeds")
     parser.add_argument("--seeds", type=int, default=None, help="held-out evaluation seeds (default 64; zoo 16)")
     parser.add_argument("--models", nargs="*", help="zoo models to score (default: all)")
@@ -365,6 +428,8 @@ def register(commands) -> None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.overhead:
+        return run_overhead(args)
     if args.methods:
         args.seeds = args.seeds or 64
         return run(args)

@@ -27,7 +27,7 @@ from dataclasses import replace
 import torch
 
 from .costs import EdgeCosts, even_costs
-from .learning import Observations, learned_costs, one_step_errors
+from .learning import Observations, learned_costs, one_step_errors, sample_blocks
 from .planner import plan
 from .presets import PRESETS
 from .profile import Profile
@@ -119,20 +119,21 @@ class CachedDenoiser:
         s = self.matcher.sigmas[step]
         if self.stepper.decide(step, x) is Action.COMPUTE:
             denoised = compute()
-            velocity = (x - denoised) / s
+            velocity = torch.sub(x, denoised).div_(s)
             if self.learn is not None:
                 self._observe(step, velocity)
             self.stepper.record(step, velocity)
             if self.on_compute is not None:
                 self.on_compute(step, x, velocity)
             return denoised
-        return x - s * self.stepper.estimate(step)
+        return torch.sub(x, self.stepper.estimate(step), alpha=s)
 
     def _observe(self, step: int, velocity: torch.Tensor) -> None:
         history = self.stepper.last_computed()
         if len(history) == 2:
             (r, v_r), (a, v_a) = history
-            errors = one_step_errors(self.matcher.sigmas, r, a, step, v_r, v_a, velocity.to(v_a.device))
+            v_r, v_a, v_b = (sample_blocks(v) for v in (v_r, v_a, velocity.to(v_a.device)))
+            errors = one_step_errors(self.matcher.sigmas, r, a, step, v_r, v_a, v_b)
             self._seen.append((step, errors))
 
     @property

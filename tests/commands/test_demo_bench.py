@@ -63,3 +63,11 @@ def test_bench_zoo_quick_scores_every_method_at_its_exact_budget(tmp_path, capsy
     table = (tmp_path / "zoo.md").read_text()
     assert "| terrain-latent | 4 | dpmpp_2m | learned |" in table and "learned - fewer steps: min" in table
     assert "| digits-dit | 4 | euler | 4th run |" in table and "calibrated - 4th run: mean" in table
+
+
+def test_bench_overhead_times_every_case_through_the_cached_denoiser(tmp_path, capsys):
+    assert main(["bench", "--overhead", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "overhead.json").read_text())["overhead"]
+    assert len(rows) == 2 * 2 * 3 and all(r["mean_us_per_step"] > 0 for r in rows)
+    assert {r["estimator"] for r in rows} == {"meancache2", "meancache", "meancache2 (auto: learning, learned plan)"}
+    assert "| [2, 16, 128, 128] | float32 | meancache2 (auto: learning, learned plan) |" in capsys.readouterr().out
