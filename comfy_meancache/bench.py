@@ -38,6 +38,7 @@ from .core.sigmas import flow_sigmas
 from .core.stepper import Stepper
 from .flowmodel import decode, load_embedded_model, sample_noise
 from .metrics import psnr, relative_l2, ssim
+from .samplers import ONE_EVALUATION
 
 SHIFT = 3.0
 BUDGETS_OF_50 = (25, 20, 15, 13, 10)
@@ -422,6 +423,9 @@ def register(commands) -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run: cfg 4, B=20 (and 10), fewer seeds")
     parser.add_argument("--seeds", type=int, default=None, help="held-out evaluation seeds (default 64; zoo 16)")
     parser.add_argument("--models", nargs="*", help="zoo models to score (default: all)")
+    parser.add_argument(
+        "--samplers", nargs="*", choices=ONE_EVALUATION, help="zoo samplers (default: euler dpmpp_2m res_multistep)"
+    )
     parser.add_argument("--out", default="bench-out", help="output folder")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.set_defaults(run=_dispatch)

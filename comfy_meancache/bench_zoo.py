@@ -224,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     names = list(args.models or ZOO_MODELS)
     cfgs = [4.0] if args.quick else [1.0, 4.0]
-    samplers = ["euler", "dpmpp_2m"] if args.quick else list(ZOO_SAMPLERS)
+    samplers = args.samplers or (["euler", "dpmpp_2m"] if args.quick else list(ZOO_SAMPLERS))
     budgets = [20] if args.quick else list(BUDGETS)
     seeds = list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + args.seeds))
     started = time.perf_counter()

@@ -18,6 +18,7 @@ COMFY_SAMPLERS = {
     "dpmpp_2m": kd.sample_dpmpp_2m,
     "res_multistep": kd.sample_res_multistep,
     "heun": kd.sample_heun,
+    "ipndm": kd.sample_ipndm,
 }
 
 
@@ -38,7 +39,7 @@ def test_samplers_reproduce_comfyui(name):
     torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["euler", "dpmpp_2m", "res_multistep"])
+@pytest.mark.parametrize("name", ["euler", "dpmpp_2m", "res_multistep", "ipndm"])
 def test_cached_denoiser_under_comfyui_samplers(name):
     calls = []
     denoise = field()
