@@ -26,6 +26,7 @@ from collections import deque
 from dataclasses import replace
 
 from ..core.estimators import DEFAULT_ESTIMATOR
+from ..core.learning import Observations
 from ..core.profile import TrajectoryRecorder
 from ..core.runtime import SIGMA_RTOL, CachedDenoiser
 from ..core.schedule import Schedule
@@ -105,12 +106,10 @@ class RunState:
         if holder.schedule is None:
             schedule, notes = _every_step(sigmas, DEFAULT_ESTIMATOR), []
         else:
-            schedule, notes = _schedule_for(holder.schedule, sigmas)
+            schedule, notes = _schedule_for(holder.schedule, sigmas, auto.observations if auto else None)
         if not policy.cached and schedule.model_calls < schedule.steps:
             schedule = _every_step(sigmas, schedule.estimator)
             notes.append(f"ran uncached: {policy.reason}")
-        if auto is not None:
-            schedule = learned_plan(schedule, auto.observations)
         self.auto = auto
         self.recorder = None
         if holder.calibration is not None:
@@ -147,22 +146,28 @@ def _every_step(sigmas: list[float], estimator: str) -> Schedule:
     return Schedule(sigmas, [True] * n, [0] * n, estimator, n)
 
 
-def _schedule_for(schedule: Schedule, sigmas: list[float]) -> tuple[Schedule, list[str]]:
+def _schedule_for(
+    schedule: Schedule, sigmas: list[float], learned: Observations | None = None
+) -> tuple[Schedule, list[str]]:
     """The plan on this run's sigmas, with notes saying how it was derived.
 
     The planned grid runs as planned; a contiguous part of it (KSamplerAdvanced
     start/end, SplitSigmas, a two-model split) runs its slice of the plan;
     any other grid (another step count, denoise, scheduler) is planned again
     from the same cost source. Only if that fails is the plan remapped by sigma.
+    With ``learned`` (the ``auto`` source) the plan is made from this model's
+    learned costs first: on the planned grid, then sliced, or on the new grid.
     """
     start = schedule.fragment_start(sigmas, SIGMA_RTOL)
+    if learned is not None and start is not None:
+        schedule = learned_plan(schedule, learned)
     if start is not None and len(sigmas) == len(schedule.sigmas):
         return (schedule if tuple(sigmas) == schedule.sigmas else replace(schedule, sigmas=sigmas)), []
     if start is not None:
         part = schedule.fragment(start, sigmas)
         return part, list(part.notes[len(schedule.notes) :])
     try:
-        planned = replan(schedule, sigmas)
+        planned = replan(schedule, sigmas, learned)
     except (OSError, ValueError) as exc:
         remapped = schedule.remap(sigmas)
         return remapped, [f"could not re-plan ({exc}); {remapped.notes[-1]}"]

@@ -48,13 +48,18 @@ def plan_from_source(grid: list[float], source: str, estimator: str, settings: P
     return planned
 
 
-def replan(schedule: Schedule, sigmas: list[float]) -> Schedule:
-    """``schedule``'s request planned again on ``sigmas``: same cost source, settings, estimator and call ratio."""
+def replan(schedule: Schedule, sigmas: list[float], learned: Observations | None = None) -> Schedule:
+    """``schedule``'s request planned again on ``sigmas``: same cost source, settings, estimator and call ratio.
+
+    ``learned``: the model's observations, for the ``auto`` source.
+    """
     n = len(sigmas) - 1
     calls = min(n, max(fewest_calls(n, schedule.settings), round(schedule.budget * n / schedule.steps)))
     planned = plan_from_source(
         sigmas, schedule.settings.cost_key, schedule.estimator, schedule.settings, {"compute_steps": calls}
     )
+    if learned is not None and schedule.settings.cost_key == AUTO:
+        planned = learned_plan(planned, learned)
     return planned.with_notes(
         f"re-planned for the sampler's {n} steps ({schedule.summary()} was planned for other sigmas)"
     )

@@ -145,3 +145,45 @@ def test_other_cost_sources_and_calibration_learn_nothing(zimage, user_dir):
 def test_a_calibration_profile_cannot_take_a_built_in_sources_name(zimage, name):
     with pytest.raises(ValueError, match="names a built-in cost source"):
         harness.execute_node(MeanCacheCalibrate, model=zimage, profile_name=name)
+
+
+def test_two_experts_each_learn_their_own_profile_and_run_their_slice_of_it(user_dir):
+    """Wan 2.2: one auto Planner, an Apply per expert, two KSamplerAdvanced; queued twice."""
+    high, low = harness.tiny_wan22_pair()
+    schedule = harness.execute_node(MeanCachePlanner, model=high, cost_source="auto", **PLANNER)[0]
+    k = next(i for i in range(schedule.settings.warmup + 1, STEPS - 1) if schedule.compute[i])
+    experts = [harness.execute_node(MeanCacheApply, model=m, schedule=schedule).result for m in (high, low)]
+    counters = [harness.DiffusionModelCallCounter(patched) for patched, _ in experts]
+    pos, neg = harness.make_cond_pair(high)
+    common = dict(steps=STEPS, cfg=3.5, positive=pos, negative=neg)
+    for seed in (7, 8):
+        for counter in counters:
+            counter.reset()
+        first = harness.sample(counters[0].model, seed=seed, start_step=0, last_step=k, return_dict=True, **common)
+        harness.sample(
+            counters[1].model, seed=seed, start_step=k, last_step=10000, add_noise=False, latent=first, **common
+        )
+        runs = [history.latest for _, history in experts]
+        assert [r.steps_run for r in runs] == [k, STEPS - k]
+        assert [c.count for c in counters] == [2 * r.model_calls for r in runs]  # cond and uncond apart
+    assert len(learned_files(user_dir)) == 2  # one profile per expert
+    assert [r.schedule.part_of for r in runs] == [(0, STEPS), (k, STEPS)]  # slices of each expert's learned plan
+    assert all(r.schedule.settings.cost_source.startswith("learned") for r in runs)
+
+
+def test_a_run_on_other_sigmas_is_planned_from_the_learned_costs_on_its_own_grid(zimage, user_dir):
+    _, patched, history = auto_model(zimage)
+    harness.sample(patched, seed=1, steps=STEPS, cfg=CFG)  # learns on the planned 20 steps
+    learned = load_learned(learned_files(user_dir)[0])[0]
+    harness.sample(patched, seed=2, steps=12, cfg=CFG)
+    run = history.latest
+    calls = round(CALLS * 12 / STEPS)
+    expected = plan(
+        list(run.schedule.sigmas),
+        compute_steps=calls,
+        settings=run.schedule.settings,
+        costs=learned_costs(run.schedule.sigmas, learned, run.schedule.settings.max_gap),
+    )
+    assert run.steps_run == 12 and run.model_calls == calls
+    assert run.schedule.computed_steps == expected.computed_steps
+    assert "re-planned for the sampler's 12 steps" in " ".join(run.notes)
