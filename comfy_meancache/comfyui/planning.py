@@ -86,6 +86,4 @@ def learned_plan(schedule: Schedule, observations: Observations) -> Schedule:
         )
     except ValueError as exc:  # the call count of a fragment's slice that the settings cannot plan
         return schedule.with_notes(f"auto: kept the even plan ({exc})")
-    return replace(learned, notes=schedule.notes).with_notes(
-        f"auto: planned from this model's learned costs ({len(observations)} observations)"
-    )
+    return learned.with_notes(f"auto: planned from this model's learned costs ({len(observations)} observations)")
