@@ -123,7 +123,7 @@ class AutoProfile:
                 os.replace(self.path, kept)
                 self.warn(f"the unreadable auto profile was kept as {kept.name}; a new one starts")
             size = save_learned(self.path, self.observations, metadata)
-        except OSError as exc:
+        except (OSError, TypeError, ValueError) as exc:  # after sampling: warn, never fail the prompt
             _UNSAVED[self.path] = self.observations
             self.warn(f"auto profile not saved ({exc}); this session keeps what it learned in memory")
             return

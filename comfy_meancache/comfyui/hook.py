@@ -6,7 +6,9 @@ Two wrappers, registered with ``ModelPatcher.add_wrapper_with_key``:
   plan on them (its slice of the plan for a fragment of the planned grid, a
   new plan from the same cost source for other sigmas), starts a fresh
   :class:`RunState` and, in ``finally``, frees it and publishes the run's
-  statistics, so interrupts and errors leave nothing behind.
+  statistics, so interrupts and errors leave nothing behind. Under the
+  ``auto`` cost source it plans from the model's learned profile
+  (:mod:`.auto_profile`), and a completed run adds what it observed to it.
 * PREDICT_NOISE, once per sampler evaluation: the guided prediction, covering
   cond and uncond however they are batched. It sees the CFG-combined denoised
   ``x0``, so the velocity is ``v = (x - x0) / sigma`` and a skipped step returns
