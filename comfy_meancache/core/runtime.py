@@ -130,10 +130,11 @@ class CachedDenoiser:
 
     def _observe(self, step: int, velocity: torch.Tensor) -> None:
         history = self.stepper.last_computed()
-        if len(history) == 2:
-            (r, v_r), (a, v_a) = history
+        sigmas = self.matcher.sigmas
+        if len(history) == 2 and len({sigmas[history[0][0]], sigmas[history[1][0]], sigmas[step]}) == 3:
+            (r, v_r), (a, v_a) = history  # three distinct sigmas (a grid may repeat one): else nothing to see
             v_r, v_a, v_b = (sample_blocks(v) for v in (v_r, v_a, velocity.to(v_a.device)))
-            errors = one_step_errors(self.matcher.sigmas, r, a, step, v_r, v_a, v_b)
+            errors = one_step_errors(sigmas, r, a, step, v_r, v_a, v_b)
             self._seen.append((step, errors))
 
     @property

@@ -16,7 +16,7 @@ from comfy_meancache.core.learning import (
 )
 from comfy_meancache.core.runtime import cached_denoiser
 from comfy_meancache.core.sigmas import flow_sigmas
-from comfy_meancache.samplers import sample_dpmpp_2m
+from comfy_meancache.samplers import sample_dpmpp_2m, sample_euler
 
 SIGMAS = flow_sigmas(30)
 
@@ -121,3 +121,12 @@ def test_a_failed_save_leaves_the_previous_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_learned(path, observations, {"runs": 2})
     assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["model.json"]
+
+
+def test_a_grid_that_repeats_a_sigma_learns_what_it_can_and_never_divides_by_zero():
+    sigmas = [1.0, 0.9, 0.8, 0.8, 0.6, 0.4, 0.2, 0.0]  # as some schedulers give at few steps
+    learned = Observations()
+    cached = cached_denoiser(Field(), sigmas, compute_steps=7, learn=learned)
+    out = sample_euler(cached, noise(), torch.tensor(sigmas, dtype=torch.float64))  # dpmpp_2m divides by h = 0
+    assert torch.isfinite(out).all() and cached.stats.model_calls == 7
+    assert 0 < len(learned) < 7 - 2 and 0.8 in learned.sigma and all(np.isfinite(learned.curvature))
