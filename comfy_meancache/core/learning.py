@@ -164,7 +164,7 @@ def load_learned(path: Path) -> tuple[Observations, dict]:
         if not isinstance(document.get("metadata"), dict):
             raise ValueError("metadata must be an object")
         return Observations.from_dict(document), document["metadata"]
-    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise ValueError(f"{path} is not a usable learned profile: {exc}") from exc
 
 

@@ -181,7 +181,7 @@ class Profile:
                 )
         except FileNotFoundError as exc:
             raise ValueError(f"profile {name!r}: {exc.filename} does not exist") from exc
-        except (OSError, json.JSONDecodeError, SafetensorError, KeyError, TypeError, ValueError) as exc:
+        except (OSError, SafetensorError, KeyError, TypeError, ValueError, RecursionError) as exc:
             raise ValueError(f"profile file {json_path} is not a usable MeanCache profile: {exc}") from exc
         return profile
 

@@ -95,6 +95,7 @@ def test_a_full_learned_profile_stays_under_a_megabyte_and_round_trips(tmp_path)
         ('{"format": "comfy-meancache-learned", "version": 1, "metadata": [], "sigma": []}', "metadata must be"),
         (" " * (MAX_FILE_BYTES + 1), "larger than"),
         (b"\xff\xfe", "codec"),
+        ("[" * 100_000, "recursion"),
     ],
 )
 def test_an_unusable_learned_profile_is_a_value_error_naming_the_file(tmp_path, text, problem):

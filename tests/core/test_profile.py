@@ -118,6 +118,7 @@ GOOD = {
     "document,message",
     [
         ("{not json", "not a usable"),
+        ("[" * 100_000, "recursion"),
         ({"format": "other"}, "not a MeanCache profile"),
         (GOOD | {"version": 7}, "version 7"),
         (GOOD | {"runs": "many"}, "runs a list"),
