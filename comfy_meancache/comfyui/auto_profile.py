@@ -18,6 +18,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
+from math import inf
 from pathlib import Path
 
 import torch
@@ -66,13 +67,44 @@ def model_identity(model_patcher) -> tuple[str, str]:
     return type(model).__name__, digest.hexdigest()
 
 
-def profile_path(model_patcher, sampler: str, cfg: float | None) -> Path:
-    """``auto/<model class>-<sampler>-cfg<scale>-<digest>.json``: readable, and unique per model and setup."""
+def profile_path(model_patcher, sampler: str, cfg: float | None) -> tuple[Path, str]:
+    """``auto/<model class>-<model digest>-<sampler>-cfg<scale>.json`` and its model prefix (up to the sampler).
+
+    One file per model and setup; the prefix finds the model's profiles for
+    other samplers and scales.
+    """
     name, digest = model_identity(model_patcher)
     scale = "none" if cfg is None else f"{cfg:g}"
-    key = hashlib.sha256(f"{digest}|{sampler}|{scale}".encode()).hexdigest()[:16]
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{name}-{sampler}-cfg{scale}")[:80]
-    return auto_folder() / f"{stem}-{key}.json"
+    prefix = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{name}-{digest[:16]}-")
+    return auto_folder() / (prefix + re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{sampler}-cfg{scale}.json")), prefix
+
+
+def _closest_setup(path: Path, prefix: str, metadata: dict) -> tuple[Observations, str] | None:
+    """The model's profile for the nearest other setup (closest cfg, then the same sampler, then the most
+    observations), and which setup that is.
+
+    On the zoo a profile learned under another sampler or cfg of the same
+    model planned a first run almost as well as the setup's own profile
+    (+4.8 and +4.6 dB over even on average, against +4.8 for its own).
+    """
+    best = None
+    for other in sorted(path.parent.glob(f"{prefix}*.json")) if path.parent.is_dir() else ():
+        if other == path or ".unreadable-" in other.name:
+            continue
+        try:
+            observations, saved = load_learned(other)
+        except (OSError, ValueError):
+            continue
+        cfg, own_cfg = saved.get("cfg"), metadata.get("cfg")
+        numbers = all(isinstance(c, (int, float)) for c in (cfg, own_cfg))
+        rank = (
+            abs(cfg - own_cfg) if numbers else inf,
+            saved.get("sampler") != metadata.get("sampler"),
+            -len(observations),
+        )
+        if len(observations) and (best is None or rank < best[0]):
+            best = (rank, observations, f"{saved.get('sampler')} cfg {cfg}")
+    return best[1:] if best else None
 
 
 @dataclass
@@ -84,20 +116,24 @@ class AutoProfile:
     metadata: dict
     notes: list[str] = field(default_factory=list)
     unreadable: str | None = None  # why the file on disk could not be used
+    borrowed: tuple[Observations, str] | None = None  # another setup's, for this setup's first run
 
     @classmethod
-    def open(cls, path: Path, metadata: dict) -> AutoProfile:
+    def open(cls, path: Path, prefix: str, metadata: dict) -> AutoProfile:
         """Load ``path``; without a usable file, what this session could not save (or nothing).
 
-        A file with unusable content warns and plans evenly; the next save
-        keeps it aside. One that cannot be read at all (permissions, a file
-        where the folder should be) warns too.
+        A setup with nothing learned yet plans from the same model's profile
+        for the nearest other setup, if there is one. A file with unusable
+        content warns and plans evenly; the next save keeps it aside. One that
+        cannot be read at all (permissions, a file where the folder should
+        be) warns too.
         """
         unsaved = _UNSAVED.get(path, Observations())
         try:
             observations, saved = load_learned(path)
         except FileNotFoundError:
-            return cls(path, unsaved, {**metadata, "runs": 0})
+            borrowed = None if len(unsaved) else _closest_setup(path, prefix, metadata)
+            return cls(path, unsaved, {**metadata, "runs": 0}, borrowed=borrowed)
         except OSError as exc:
             profile = cls(path, unsaved, {**metadata, "runs": 0})
             profile.warn(f"auto profile cannot be read ({exc}); planning from this session's runs only")
@@ -108,6 +144,13 @@ class AutoProfile:
             return profile
         runs = saved.get("runs", 0)
         return cls(path, observations, {**metadata, "runs": runs if isinstance(runs, int) else 0})
+
+    @property
+    def for_planning(self) -> Observations:
+        """What this run plans from: this setup's observations, else those borrowed from another setup."""
+        if len(self.observations) or self.borrowed is None:
+            return self.observations
+        return self.borrowed[0]
 
     def warn(self, text: str) -> None:
         self.notes.append(text)

@@ -108,7 +108,9 @@ class RunState:
         if holder.schedule is None:
             schedule, notes = _every_step(sigmas, DEFAULT_ESTIMATOR), []
         else:
-            schedule, notes = _schedule_for(holder.schedule, sigmas, auto.observations if auto else None)
+            schedule, notes = _schedule_for(holder.schedule, sigmas, auto.for_planning if auto else None)
+            if auto is not None and auto.for_planning is not auto.observations:
+                notes.append(f"auto: nothing learned for this setup yet; planned from this model's {auto.borrowed[1]}")
         if not policy.cached and schedule.model_calls < schedule.steps:
             schedule = _every_step(sigmas, schedule.estimator)
             notes.append(f"ran uncached: {policy.reason}")
@@ -217,12 +219,12 @@ def _auto_profile(holder: MeanCacheHolder, guider, policy: SamplerPolicy) -> Aut
     cfg = getattr(guider, "cfg", None)
     cfg = float(cfg) if isinstance(cfg, (int, float)) else None
     try:
-        path = profile_path(guider.model_patcher, policy.name, cfg)
+        path, prefix = profile_path(guider.model_patcher, policy.name, cfg)
     except (AttributeError, RuntimeError, TypeError, ValueError, OSError) as exc:
         log.warning("[MeanCache] auto: could not identify the model (%s); this run plans evenly", exc)
         return None
     metadata = {"model": type(guider.model_patcher.model).__name__, "sampler": policy.name, "cfg": cfg}
-    return AutoProfile.open(path, metadata)
+    return AutoProfile.open(path, prefix, metadata)
 
 
 def predict_noise_wrapper(executor, *args, **kwargs):

@@ -56,7 +56,7 @@ def test_first_run_creates_the_profile_and_the_second_plans_from_it(zimage, user
     assert first.model_calls == CALLS and counter.count == 2 * CALLS  # cond and uncond apart
     assert first.schedule.computed_steps == schedule.computed_steps  # nothing learned yet: the even plan
     [path] = learned_files(user_dir)
-    assert path.name.startswith("Lumina2-euler-cfg4-")
+    assert path.name.startswith("Lumina2-") and path.name.endswith("-euler-cfg4.json")
     learned, metadata = load_learned(path)
     assert metadata["runs"] == 1 and metadata["sampler"] == "euler" and metadata["cfg"] == CFG
     assert len(learned) == CALLS - 2  # every computed step after two others
@@ -101,6 +101,32 @@ def test_the_profile_is_keyed_by_model_loras_sampler_and_cfg(zimage, user_dir):
         assert model_identity(with_lora) == before
     finally:
         with_lora.unpatch_model()
+
+
+def test_a_new_setup_of_a_known_model_plans_from_its_nearest_setup_and_learns_its_own(zimage, user_dir):
+    _, patched, history = auto_model(zimage)
+    harness.sample(patched, seed=1, steps=STEPS, cfg=CFG)  # euler cfg 4
+    harness.sample(patched, seed=1, steps=STEPS, cfg=1.0)  # euler cfg 1: borrows from cfg 4
+    assert "planned from this model's euler cfg 4.0" in " ".join(history.latest.notes)
+    [cfg1, cfg4] = learned_files(user_dir)
+    assert cfg1.name.endswith("-euler-cfg1.json") and load_learned(cfg1)[1]["runs"] == 1
+    borrowed = load_learned(cfg4)[0]
+    harness.sample(patched, seed=2, steps=STEPS, cfg=CFG, sampler_name="dpmpp_2m")  # nearest: euler cfg 4
+    run = history.latest
+    expected = plan(
+        list(run.schedule.sigmas),
+        compute_steps=CALLS,
+        settings=run.schedule.settings,
+        costs=learned_costs(run.schedule.sigmas, borrowed, run.schedule.settings.max_gap),
+    )
+    assert run.schedule.computed_steps == expected.computed_steps
+    assert "planned from this model's euler cfg 4.0" in " ".join(run.notes)
+    own = next(p for p in learned_files(user_dir) if p.name.endswith("-dpmpp_2m-cfg4.json"))
+    assert len(load_learned(own)[0]) == CALLS - 2 and len(load_learned(cfg4)[0]) == len(borrowed)  # untouched
+    other = harness.tiny_zimage(seed=4)  # another model borrows nothing
+    patched_other, other_history = harness.execute_node(MeanCacheApply, model=other, schedule=history.plan).result
+    harness.sample(patched_other, seed=1, steps=STEPS, cfg=CFG)
+    assert other_history.latest.schedule.settings.cost_source.startswith("even")
 
 
 def test_a_corrupt_profile_warns_plans_evenly_and_is_kept_aside(zimage, user_dir, caplog):
