@@ -126,7 +126,7 @@ POSITIVE = (
     "of old books, steam rising from a mug of tea, soft film grain, 35mm photograph, shallow depth of field."
 )
 NEGATIVE = "blurry, low quality, jpeg artifacts, distorted, deformed, watermark, text, signature"
-PLANNER_BALANCED = ["balanced", STEPS, "simple", 1.0, 0, 2.5, 2.0, 3, 8, "meancache2", "even"]
+PLANNER_BALANCED = ["balanced", STEPS, "simple", 1.0, 0, 2.5, 2.0, 3, 8, "meancache2", "auto"]
 KSAMPLER = [SEED, "randomize", STEPS, CFG, "euler", "simple", 1.0]
 NOTE_COLORS = {"color": "#432", "bgcolor": "#653"}
 POSITIVE_COLORS = {"color": "#232", "bgcolor": "#353"}
@@ -187,7 +187,10 @@ instead. Preset *balanced* makes {STEPS} steps cost about {round(STEPS / 2.5)} m
 
 Samplers: euler, ddim, dpmpp_2m, res_multistep and the other one-evaluation samplers are cached;
 heun / dpm_2 always compute their extra evaluations; ancestral and SDE samplers run uncached (one
-warning in the log). For even better plans, calibrate your model once (zimage_calibrate workflow).
+warning in the log). The Planner's cost source *auto* learns your model as you sample: the first run
+spreads the calls evenly, every cached run records how the model's velocity bends (no extra model
+call) in `ComfyUI/user/meancache/auto/`, and later runs plan from it. To measure instead, calibrate
+once (zimage_calibrate workflow).
 Z-Image Turbo samples in about 8 steps, which leaves little to skip: MeanCache is meant for the base
 model's 30 to 50 steps.
 """

@@ -24,6 +24,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 
+from comfy_meancache.core.costs import even_costs  # noqa: E402
+from comfy_meancache.core.estimators import DEFAULT_ESTIMATOR  # noqa: E402
 from comfy_meancache.core.planner import plan  # noqa: E402
 from comfy_meancache.core.sigmas import flow_sigmas  # noqa: E402
 
@@ -92,10 +94,10 @@ RECIPE_STEPS = {"flux_dev_t2i_meancache": 30, "qwen_image_t2i_meancache": 30, "w
 
 
 def plan_mask(every_step: bool, steps: int = STEPS) -> list[bool]:
-    """Which of the ``steps`` steps call the model under the balanced plan (or all of them)."""
+    """Which of the ``steps`` steps call the model under the balanced plan of a first run (or all of them)."""
     if every_step:
         return [True] * steps
-    return list(plan(flow_sigmas(steps), speedup=SPEEDUP).compute)
+    return list(plan(flow_sigmas(steps), speedup=SPEEDUP, costs=even_costs(steps, DEFAULT_ESTIMATOR)).compute)
 
 
 def draw(title: str, subtitle: str, chain: list[str], caption: str, mask: list[bool]) -> Figure:
