@@ -1,4 +1,4 @@
-"""``python -m comfy_meancache bench``: speed and quality of every method at equal model calls.
+"""``python -m comfy_meancache bench --methods``: speed and quality of every method at equal model calls.
 
 Everything runs on the embedded flow model (``comfy_meancache.flowmodel``)
 with ComfyUI's Z-Image sigmas (shift 3, ``simple``). For each step count N,
@@ -6,7 +6,8 @@ CFG scale and model-call budget B, every method is scored against the full
 N-step Euler run of the same seeds: PSNR and SSIM of the decoded images and
 the relative L2 of the latent (mean and std over held-out seeds), plus the
 model calls made and the wall time. Calibrated plans use seeds disjoint from
-the evaluation seeds.
+the evaluation seeds. ``bench --overhead`` times the bookkeeping per step
+alone; plain ``bench`` is the zoo benchmark (:mod:`.bench_zoo`).
 """
 
 from __future__ import annotations
