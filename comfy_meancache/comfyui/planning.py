@@ -15,8 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..core.costs import even_costs
-from ..core.estimators import DEFAULT_ESTIMATOR
-from ..core.learning import Observations, learned_costs
+from ..core.learning import LEARNED_ESTIMATOR, Observations, learned_costs
 from ..core.official import OFFICIAL_SOURCE, official_plan
 from ..core.planner import fewest_calls, plan
 from ..core.schedule import PlannerSettings, Schedule
@@ -73,8 +72,8 @@ def learned_plan(schedule: Schedule, observations: Observations) -> Schedule:
     """
     if not len(observations):
         return schedule.with_notes("auto: this model's first run here plans evenly; later runs plan from it")
-    if schedule.estimator != DEFAULT_ESTIMATOR:
-        return schedule.with_notes(f"auto: learned costs price {DEFAULT_ESTIMATOR}, not {schedule.estimator}; even")
+    if schedule.estimator != LEARNED_ESTIMATOR:
+        return schedule.with_notes(f"auto: learned costs price {LEARNED_ESTIMATOR}, not {schedule.estimator}; even")
     costs = learned_costs(schedule.sigmas, observations, schedule.settings.max_gap)
     try:
         learned = plan(

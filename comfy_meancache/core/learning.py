@@ -38,6 +38,7 @@ from .profile import temporary_beside
 MAX_OBSERVATIONS = 4096  # three 7-digit floats each in JSON: about 160 kB per model
 MAX_FILE_BYTES = 1 << 20
 SAMPLE_ELEMENTS = 1 << 16  # of each velocity, for its curvature and slope
+LEARNED_ESTIMATOR = "meancache2"  # the estimator whose errors the curvature form prices
 LEARNED_FORMAT = "comfy-meancache-learned"
 LEARNED_VERSION = 1
 
@@ -191,4 +192,4 @@ def learned_costs(sigmas: Sequence[float], observations: Observations, max_gap: 
                     error = slope[m] * abs(s[m] - s[a])
                 total += h[m] * error * (m - a)
                 band[back, a, m + 1 - a] = total
-    return EdgeCosts("meancache2", band, f"learned ({len(observations)} observations)")
+    return EdgeCosts(LEARNED_ESTIMATOR, band, f"learned ({len(observations)} observations)")
