@@ -45,7 +45,7 @@ from .core.profile import Profile, Trajectory
 from .core.runtime import cached_denoiser
 from .core.sigmas import flow_sigmas
 from .metrics import psnr
-from .samplers import SAMPLERS
+from .samplers import DISCARD_PENULTIMATE_SIGMA, SAMPLERS
 
 SHIFT = 3.0
 STEPS = 50
@@ -70,6 +70,14 @@ class Cell:
     calls: int
     psnr_full: float
     psnr_exact: float
+
+
+def sampler_sigmas(sampler: str, steps: int) -> list[float]:
+    """The sigmas ComfyUI's KSampler gives ``sampler`` for ``steps`` steps on the zoo's schedule."""
+    if sampler in DISCARD_PENULTIMATE_SIGMA:
+        sigmas = flow_sigmas(steps + 1, SHIFT)
+        return sigmas[:-2] + sigmas[-1:]
+    return flow_sigmas(steps, SHIFT)
 
 
 def seeds_batch(model, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,8 +123,6 @@ def score_model(
     calibration: dict[float, Trajectory],
     log,
 ) -> list[Cell]:
-    sigmas = flow_sigmas(STEPS, SHIFT)
-    grid = torch.tensor(sigmas)
     noise, labels = seeds_batch(model, seeds)
     earlier_seeds = [[4 * run + s for s in CALIBRATION_SEEDS] for run in range(EARLIER_RUNS)]
     earlier_batches = [seeds_batch(model, run_seeds) for run_seeds in earlier_seeds]
@@ -124,19 +130,21 @@ def score_model(
     for cfg in cfgs:
         denoise = partial(_denoised, model, labels, cfg)
         exact = model.decode(SAMPLERS["heun"](denoise, noise, torch.tensor(flow_sigmas(EXACT_STEPS, SHIFT))))
-        costs = {
-            "default": even_costs(STEPS, DEFAULT_ESTIMATOR),
-            "prior": prior_costs(sigmas, DEFAULT_ESTIMATOR, prior=prior),
-            "calibrated": Profile("calibration", runs=[calibration[cfg]]).costs(sigmas, DEFAULT_ESTIMATOR),
-        }
         for sampler_name in samplers:
             sampler = SAMPLERS[sampler_name]
+            sigmas = sampler_sigmas(sampler_name, STEPS)
+            grid = torch.tensor(sigmas)
+            costs = {
+                "default": even_costs(STEPS, DEFAULT_ESTIMATOR),
+                "prior": prior_costs(sigmas, DEFAULT_ESTIMATOR, prior=prior),
+                "calibrated": Profile("calibration", runs=[calibration[cfg]]).costs(sigmas, DEFAULT_ESTIMATOR),
+            }
             full = sampler(denoise, noise, grid)
             refs = References(model.decode(full), exact)
             key = (name, cfg, sampler_name)
             cells.append(Cell(*key, "full", STEPS, STEPS, *refs.score(model, full)))
             for budget in budgets:
-                fewer = sampler(denoise, noise, torch.tensor(flow_sigmas(budget, SHIFT)))
+                fewer = sampler(denoise, noise, torch.tensor(sampler_sigmas(sampler_name, budget)))
                 cells.append(Cell(*key, "fewer steps", budget, budget, *refs.score(model, fewer)))
                 for method, method_costs in costs.items():
                     cached = cached_denoiser(denoise, sigmas, compute_steps=budget, costs=method_costs)

@@ -185,7 +185,7 @@ instead. Preset *balanced* makes {STEPS} steps cost about {round(STEPS / 2.5)} m
    select **MeanCache Apply**, bypass it (Ctrl+B) and queue again: the second image is the full
    {STEPS}-step result for the same seed, and the Report says the run was uncached.
 
-Samplers: euler, ddim, dpmpp_2m, res_multistep and the other one-evaluation samplers are cached;
+Samplers: euler, ddim, dpmpp_2m, res_multistep, uni_pc and the other one-evaluation samplers are cached;
 heun / dpm_2 always compute their extra evaluations; ancestral and SDE samplers run uncached (one
 warning in the log). The Planner's cost source *auto* learns your model as you sample: the first run
 spreads the calls evenly, every cached run records how the model's velocity bends (no extra model

@@ -2,7 +2,10 @@
 
 A skipped step returns an estimated velocity for the sampler's state at that
 step's sigma. That is exact bookkeeping for samplers that walk the probability
--flow ODE with one evaluation per step at the step's sigma. Two deterministic
+-flow ODE with one evaluation per step at the step's sigma (UniPC evaluates at
+its predictor's state and corrects with that evaluation; the skip's estimate
+takes its place the same way, and its last step, to the 0.001 it writes over
+sigma 0, evaluates nothing). Two deterministic
 multi-evaluation families also work: midpoint samplers evaluate at sigmas off
 the grid (never matched, so computed normally), and Heun-type samplers run
 their corrector at the *next* step's sigma before that step's own evaluation,
@@ -24,6 +27,8 @@ ONE_EVALUATION = {
     "sample_deis": "deis",
     "sample_res_multistep": "res_multistep",
     "sample_gradient_estimation": "gradient_estimation",
+    "sample_unipc": "uni_pc",
+    "sample_unipc_bh2": "uni_pc_bh2",
 }
 MIDPOINT = {"sample_dpm_2": "dpm_2"}
 CORRECTOR_AT_NEXT_SIGMA = {"sample_heun": "heun"}

@@ -134,6 +134,9 @@ def test_reuse_with_euler_is_euler_on_the_computed_sigmas(zimage):
     [
         ("euler", True, 0),
         ("dpmpp_2m", True, 0),
+        ("deis", True, 0),
+        ("uni_pc", True, 0),
+        ("uni_pc_bh2", True, 0),
         ("heun", True, STEPS - 1),
         ("euler_ancestral", False, 0),
     ],

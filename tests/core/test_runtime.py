@@ -13,7 +13,7 @@ STEPS = 24
 SIGMAS = flow_sigmas(STEPS)
 
 
-@pytest.mark.parametrize("name", ["euler", "dpmpp_2m", "res_multistep", "ipndm"])
+@pytest.mark.parametrize("name", ["euler", "dpmpp_2m", "res_multistep", "ipndm", "deis", "uni_pc", "uni_pc_bh2"])
 def test_every_step_plan_is_bit_identical_and_skips_save_calls(name):
     sampler, field = SAMPLERS[name], Field()
     plain = sampler(field, noise(), torch.tensor(SIGMAS, dtype=torch.float64))
