@@ -190,7 +190,7 @@ def sample_uni_pc(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, varia
     from the last denoised values ``m`` (``D_i = (m_i - m_0)/r_i``, ``r_i`` their lambda
     offsets over ``h``), evaluates ``m_k`` at ``x_pred`` (the step's one evaluation) and
     corrects with ``rho^c`` over ``D_i`` and ``m_k - m_0``; ``rho`` solve
-    ``sum_i rho_i r_i^(n-1) = n! h phi_{n+1}(-h) / B(h)`` with ``B = -h`` (bh1) or
+    ``sum_i rho_i r_i^(n-1) = n! (-h) phi_{n+1}(-h) / B(h)`` with ``B = -h`` (bh1) or
     ``expm1(-h)`` (bh2). The last step has no corrector, so no evaluation at the end.
     """
     if variant not in ("bh1", "bh2"):
@@ -211,8 +211,8 @@ def sample_uni_pc(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, varia
         older = history[-step_order:-1][::-1]  # newest first
         ratios = [(lam[p] - lam[p0]) / h for p, _ in older]
         slopes = [(m - m0) / r for (_, m), r in zip(older, ratios)]
-        predictor, corrector = _uni_pc_rhos([*ratios, 1.0], -h, variant)
         scale = -h if variant == "bh1" else math.expm1(-h)
+        predictor, corrector = _uni_pc_rhos([*ratios, 1.0], -h, scale)
         base = (times[k] / times[p0]) * x - math.expm1(-h) * m0
         x_pred = base - scale * _weighted(predictor, slopes) if slopes else base
         if k == steps:
@@ -224,10 +224,10 @@ def sample_uni_pc(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, varia
     return x
 
 
-def _uni_pc_rhos(ratios: list[float], hh: float, variant: str) -> tuple[list[float], list[float]]:
-    """Predictor and corrector weights of one UniPC step from the lambda ratios (the last is 1)."""
+def _uni_pc_rhos(ratios: list[float], hh: float, scale: float) -> tuple[list[float], list[float]]:
+    """Predictor and corrector weights of one UniPC step from the lambda ratios (the last is 1),
+    ``hh = -h`` and ``scale = B(h)``."""
     order = len(ratios)
-    scale = hh if variant == "bh1" else math.expm1(hh)
     phi = math.expm1(hh) / hh - 1.0
     b, factorial = [], 1
     for n in range(1, order + 1):
@@ -258,6 +258,7 @@ SAMPLERS: dict[str, Sampler] = {
     "uni_pc": sample_uni_pc,
     "uni_pc_bh2": partial(sample_uni_pc, variant="bh2"),
 }
+# one model evaluation per step
 ONE_EVALUATION = ("euler", "dpmpp_2m", "res_multistep", "ipndm", "deis", "uni_pc", "uni_pc_bh2")
 # ComfyUI's KSampler gives these a grid of steps + 1 sigmas without its penultimate one
-DISCARD_PENULTIMATE_SIGMA = ("uni_pc", "uni_pc_bh2")  # one model evaluation per step
+DISCARD_PENULTIMATE_SIGMA = ("uni_pc", "uni_pc_bh2")
