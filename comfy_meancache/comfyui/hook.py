@@ -105,10 +105,11 @@ class RunState:
     def __init__(
         self, holder: MeanCacheHolder, sigmas: list[float], policy: SamplerPolicy, auto: AutoProfile | None = None
     ) -> None:
+        notes: list[str] = []
         if holder.schedule is None:
-            schedule, notes = _every_step(sigmas, DEFAULT_ESTIMATOR), []
+            schedule, derived = _every_step(sigmas, DEFAULT_ESTIMATOR), []
         else:
-            schedule, notes = _schedule_for(holder.schedule, sigmas, auto.for_planning if auto else None)
+            schedule, derived = _schedule_for(holder.schedule, sigmas, auto.for_planning if auto else None)
             if auto is not None and auto.for_planning is not auto.observations:
                 notes.append(f"auto: nothing learned for this setup yet; planned from this model's {auto.borrowed[1]}")
         if not policy.cached and schedule.model_calls < schedule.steps:
@@ -132,7 +133,8 @@ class RunState:
             on_compute=self.recorder.observe if self.recorder is not None else None,
             learn=auto.observations if auto is not None else None,
         )
-        self.notes = notes
+        self.notes = notes  # this run's own; how its plan was derived is in the plan's notes
+        self.log_lines = [*derived, *notes]
 
     def finish(self, completed: bool) -> RunStats:
         """The run's statistics; a completed run under ``auto`` saves what it learned."""
@@ -153,7 +155,7 @@ def _every_step(sigmas: list[float], estimator: str) -> Schedule:
 def _schedule_for(
     schedule: Schedule, sigmas: list[float], learned: Observations | None = None
 ) -> tuple[Schedule, list[str]]:
-    """The plan on this run's sigmas, with notes saying how it was derived.
+    """The plan on this run's sigmas, and the notes it gained saying how it was derived (to log).
 
     The planned grid runs as planned; a contiguous part of it (KSamplerAdvanced
     start/end, SplitSigmas, a two-model split) runs its slice of the plan;
@@ -173,8 +175,8 @@ def _schedule_for(
     try:
         planned = replan(schedule, sigmas, learned)
     except (OSError, ValueError) as exc:
-        remapped = schedule.remap(sigmas)
-        return remapped, [f"could not re-plan ({exc}); {remapped.notes[-1]}"]
+        remapped = schedule.with_notes(f"could not re-plan on the sampler's sigmas: {exc}").remap(sigmas)
+        return remapped, list(remapped.notes[len(schedule.notes) :])
     return planned, [planned.notes[-1]]
 
 
@@ -194,8 +196,8 @@ def outer_sample_wrapper(executor, *args, **kwargs):
             log.warning("[MeanCache] %s: running this sampler uncached: %s", holder.history.label, exc)
             return executor(*args, **kwargs)
         guider.model_options["transformer_options"][RUN_KEY] = run
-        for note in run.notes:
-            log.info("[MeanCache] %s", note)
+        for line in run.log_lines:
+            log.info("[MeanCache] %s", line)
         output = executor(*args, **kwargs)
         return output
     finally:

@@ -212,4 +212,4 @@ def test_a_run_on_other_sigmas_is_planned_from_the_learned_costs_on_its_own_grid
     )
     assert run.steps_run == 12 and run.model_calls == calls
     assert run.schedule.computed_steps == expected.computed_steps
-    assert "re-planned for the sampler's 12 steps" in " ".join(run.notes)
+    assert "re-planned for the sampler's 12 steps" in " ".join(run.schedule.notes)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import comfy.patcher_extension
 import harness
 import pytest
 import torch
 
+from comfy_meancache.comfyui import hook
 from comfy_meancache.comfyui.nodes import MeanCacheApply, MeanCachePlanner
 from comfy_meancache.core import runtime
 from comfy_meancache.core.planner import plan
@@ -42,8 +45,24 @@ def test_ksampler_advanced_fragment_follows_its_slice_of_the_plan(zimage):
     assert stats.steps_run == 20 and counter.count == stats.model_calls
     assert stats.schedule.compute == (True, *schedule.compute[11:]) and stats.schedule.part_of == (10, STEPS)
     assert counter.count == sum(schedule.compute[10:]) + (not schedule.compute[10])
-    assert any("fragment: steps 10..29 of the 30-step plan" in note for note in stats.notes)
+    assert any("fragment: steps 10..29 of the 30-step plan" in note for note in stats.schedule.notes)
     assert torch.isfinite(latent).all()
+
+
+def test_a_grid_that_cannot_be_re_planned_runs_the_remapped_plan_and_says_why_once(zimage, monkeypatch, caplog):
+    def refuse(*_args):
+        raise ValueError("no plan fits")
+
+    monkeypatch.setattr(hook, "replan", refuse)
+    schedule = zimage_plan(zimage)
+    patched, holder = patched_with(zimage, schedule)
+    with caplog.at_level(logging.INFO):
+        latent, counter = counted(patched, seed=1, steps=20, cfg=1.0)
+    ran = holder.latest.schedule
+    assert ran.steps == 20 and counter.count == ran.model_calls < 20 and torch.isfinite(latent).all()
+    why = "could not re-plan on the sampler's sigmas: no plan fits"
+    assert why in ran.notes and ran.notes[-1].startswith("remapped") and why not in holder.latest.notes
+    assert sum(why in r.getMessage() for r in caplog.records) == 1
 
 
 @pytest.mark.parametrize("source", ["prior", "official-zimage-50"])
@@ -56,7 +75,7 @@ def test_other_step_counts_are_planned_again_from_the_same_source(zimage, source
     _, counter = counted(patched, seed=8, steps=20, cfg=1.0)
     ran = holder.latest.schedule
     assert ran.compute == direct.compute and ran.span == direct.span and counter.count == direct.model_calls
-    assert any("re-planned for the sampler's 20 steps" in note for note in holder.latest.notes)
+    assert any("re-planned for the sampler's 20 steps" in note for note in holder.latest.schedule.notes)
     nodes = ran.computed_steps
     assert max(b - a for a, b in zip(nodes, nodes[1:])) <= ran.settings.max_gap
 
@@ -88,7 +107,7 @@ def test_hires_fix_second_pass_on_an_upscaled_latent(zimage):
     stats = holder.latest
     assert second.shape == upscaled.shape and torch.isfinite(second).all()
     assert counter.count == 2 * stats.model_calls and stats.steps_run == STEPS
-    assert any("re-planned" in note for note in stats.notes)  # denoise 0.5 samples other sigmas
+    assert any("re-planned" in note for note in stats.schedule.notes)  # denoise 0.5 samples other sigmas
 
 
 def test_batch_four_at_cfg_five(zimage):

@@ -171,7 +171,7 @@ def test_consecutive_runs_and_two_samplers_do_not_leak(zimage):
     assert not torch.equal(first, second)
     runs = list(holder.runs)
     assert [r.steps_run for r in runs] == [STEPS, STEPS, 18]
-    assert any("re-planned" in note for note in runs[-1].notes)
+    assert any("re-planned" in note for note in runs[-1].schedule.notes)
     assert runs[-1].model_calls == fresh_holder.latest.model_calls
     assert RUN_KEY not in patched.model_options["transformer_options"]
 
@@ -219,6 +219,14 @@ def test_report_picks_the_run_that_made_the_latent(zimage):
     harness.sample(patched, seed=1, steps=12, cfg=1.0)
     text = harness.execute_node(MeanCacheReport, schedule=schedule, stats=holder, latent={"samples": long_run})[1]
     assert f"run: {STEPS} steps" in text
+
+
+def test_report_says_a_re_planned_run_once(zimage):
+    schedule = planned(zimage)
+    patched, holder = applied(zimage, schedule)
+    short = harness.sample(patched, seed=1, steps=18, cfg=1.0)
+    text = harness.execute_node(MeanCacheReport, schedule=schedule, stats=holder, latent={"samples": short})[1]
+    assert text.count("re-planned for the sampler's 18 steps") == 1
 
 
 def test_another_flow_model_class(zimage):
