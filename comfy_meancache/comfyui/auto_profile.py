@@ -173,6 +173,6 @@ class AutoProfile:
         _UNSAVED.pop(self.path, None)
         self.metadata = metadata
         self.notes.append(
-            f"auto profile {self.path.name}: {len(self.observations)} observations from {metadata['runs']} runs "
-            f"({size / 1024:.1f} KiB)"
+            f"auto profile {self.path.name}: {len(self.observations)} observations from {metadata['runs']} "
+            f"run{'s' * (metadata['runs'] != 1)} ({size / 1024:.1f} KiB)"
         )

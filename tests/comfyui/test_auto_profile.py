@@ -61,6 +61,7 @@ def test_first_run_creates_the_profile_and_the_second_plans_from_it(zimage, user
     assert metadata["runs"] == 1 and metadata["sampler"] == "euler" and metadata["cfg"] == CFG
     assert len(learned) == CALLS - 2  # every computed step after two others
     assert any("first run here plans evenly" in n for n in first.schedule.notes)
+    assert any(f"{CALLS - 2} observations from 1 run (" in n for n in first.notes)
 
     counter.reset()
     latent = harness.sample(counter.model, seed=2, steps=STEPS, cfg=CFG)
