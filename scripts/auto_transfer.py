@@ -56,8 +56,8 @@ def kind(setup: tuple[str, float], other: tuple[str, float]) -> str:
     return "other cfg" if other[0] == setup[0] else "other sampler" if other[1] == setup[1] else "other both"
 
 
-def gains_over_even(model, setup, sigmas, budget: int, noise, labels, profiles) -> list[tuple[str, float]]:
-    """PSNR gain over the even plan of ``setup`` planned from each profile, with the profile's kind."""
+def gains_over_even(model, setup, sigmas, budget: int, noise, labels, profiles: dict) -> dict:
+    """PSNR gain over the even plan of ``setup`` planned from each profile, by the profile's key."""
     grid = torch.tensor(sigmas)
     sampler, denoise = SAMPLERS[setup[0]], partial(model.denoised, labels=labels, cfg=setup[1])
     full = model.decode(sampler(denoise, noise, grid))
@@ -67,10 +67,7 @@ def gains_over_even(model, setup, sigmas, budget: int, noise, labels, profiles) 
         return float(psnr(model.decode(sampler(run, noise, grid)), full).mean())
 
     even = score(None)
-    return [
-        (kind(setup, other), score(Observations.from_dict(learned.to_dict())) - even)
-        for other, learned in profiles.items()
-    ]
+    return {key: score(Observations.from_dict(learned.to_dict())) - even for key, learned in profiles.items()}
 
 
 def main() -> None:
@@ -87,8 +84,8 @@ def main() -> None:
         for budget in BUDGETS:
             profiles = learned_profiles(model, sigmas, budget)
             for setup in SETUPS:
-                for label, gain in gains_over_even(model, setup, sigmas, budget, noise, labels, profiles):
-                    gains.setdefault(label, []).append(gain)
+                for other, gain in gains_over_even(model, setup, sigmas, budget, noise, labels, profiles).items():
+                    gains.setdefault(kind(setup, other), []).append(gain)
         print(f"{name}: done", flush=True)
     for label, values in gains.items():
         mean, worst = statistics.mean(values), min(values)

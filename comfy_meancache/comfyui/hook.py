@@ -33,7 +33,7 @@ from ..core.profile import TrajectoryRecorder
 from ..core.runtime import SIGMA_RTOL, CachedDenoiser
 from ..core.schedule import Schedule
 from ..core.stepper import RunStats, fingerprint
-from .auto_profile import AutoProfile, profile_path
+from .auto_profile import AutoProfile, architecture_key, profile_path
 from .calibration import Calibration
 from .planning import AUTO, learned_plan, replan
 from .sampler_policy import SamplerPolicy, sampler_policy
@@ -111,7 +111,7 @@ class RunState:
         else:
             schedule, derived = _schedule_for(holder.schedule, sigmas, auto.for_planning if auto else None)
             if auto is not None and auto.for_planning is not auto.observations:
-                notes.append(f"auto: nothing learned for this setup yet; planned from this model's {auto.borrowed[1]}")
+                notes.append(f"auto: nothing learned for this setup yet; planned from {auto.borrowed[1]}")
         if not policy.cached and schedule.model_calls < schedule.steps:
             schedule = _every_step(sigmas, schedule.estimator)
             notes.append(f"ran uncached: {policy.reason}")
@@ -222,10 +222,12 @@ def _auto_profile(holder: MeanCacheHolder, guider, policy: SamplerPolicy) -> Aut
     cfg = float(cfg) if isinstance(cfg, (int, float)) else None
     try:
         path, prefix = profile_path(guider.model_patcher, policy.name, cfg)
+        architecture = architecture_key(guider.model_patcher)
     except (AttributeError, RuntimeError, TypeError, ValueError, OSError) as exc:
         log.warning("[MeanCache] auto: could not identify the model (%s); this run plans evenly", exc)
         return None
-    metadata = {"model": type(guider.model_patcher.model).__name__, "sampler": policy.name, "cfg": cfg}
+    model = type(guider.model_patcher.model).__name__
+    metadata = {"model": model, "architecture": architecture, "sampler": policy.name, "cfg": cfg}
     return AutoProfile.open(path, prefix, metadata)
 
 

@@ -124,10 +124,35 @@ def test_a_new_setup_of_a_known_model_plans_from_its_nearest_setup_and_learns_it
     assert "planned from this model's euler cfg 4.0" in " ".join(run.notes)
     own = next(p for p in learned_files(user_dir) if p.name.endswith("-dpmpp_2m-cfg4.json"))
     assert len(load_learned(own)[0]) == CALLS - 2 and len(load_learned(cfg4)[0]) == len(borrowed)  # untouched
-    other = harness.tiny_zimage(seed=4)  # another model borrows nothing
-    patched_other, other_history = harness.execute_node(MeanCacheApply, model=other, schedule=history.plan).result
-    harness.sample(patched_other, seed=1, steps=STEPS, cfg=CFG)
-    assert other_history.latest.schedule.settings.cost_source.startswith("even")
+
+
+def test_another_model_of_the_architecture_borrows_only_the_same_setup(zimage, user_dir):
+    """A fine-tune or another LoRA of the model starts from its profile for the same sampler and cfg."""
+    _, patched, history = auto_model(zimage)
+    harness.sample(patched, seed=1, steps=STEPS, cfg=CFG)  # euler cfg 4
+    [learned_file] = learned_files(user_dir)
+    donor = load_learned(learned_file)[0]
+
+    def first_run(model, cfg):
+        patched_model, model_history = harness.execute_node(MeanCacheApply, model=model, schedule=history.plan).result
+        harness.sample(patched_model, seed=1, steps=STEPS, cfg=cfg)
+        return model_history.latest
+
+    fine_tune = first_run(harness.tiny_zimage(seed=4), CFG)
+    expected = plan(
+        list(fine_tune.schedule.sigmas),
+        compute_steps=CALLS,
+        settings=fine_tune.schedule.settings,
+        costs=learned_costs(fine_tune.schedule.sigmas, donor, fine_tune.schedule.settings.max_gap),
+    )
+    assert fine_tune.schedule.computed_steps == expected.computed_steps
+    assert f"planned from another model of this architecture ({learned_file.name})" in " ".join(fine_tune.notes)
+    assert len(learned_files(user_dir)) == 2 and len(load_learned(learned_file)[0]) == len(donor)  # its own
+    other_cfg = first_run(harness.tiny_zimage(seed=5), 1.5)  # no model learned euler cfg 1.5
+    other_architecture = first_run(harness.tiny_flow_other(), CFG)
+    for run in (other_cfg, other_architecture):
+        assert run.schedule.settings.cost_source.startswith("even")
+        assert not any("planned from" in n for n in run.notes)
 
 
 def test_a_corrupt_profile_warns_plans_evenly_and_is_kept_aside(zimage, user_dir, caplog):
