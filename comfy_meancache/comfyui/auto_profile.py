@@ -33,6 +33,7 @@ log = logging.getLogger("comfy_meancache")
 AUTO_SUBFOLDER = "auto"
 SAMPLED_WEIGHTS = 4  # tensors whose first values identify the weights
 SAMPLED_VALUES = 64
+MIN_BORROWED_COVERAGE = 0.5  # another model's profile must have seen most of this run's sigmas
 _UNSAVED: dict[Path, Observations] = {}  # what this session learned but could not save, by file
 
 
@@ -117,9 +118,11 @@ def _closest_setup(path: Path, prefix: str, metadata: dict) -> tuple[Observation
     return best[1:] if best else None
 
 
-def _same_setup_of_architecture(path: Path, prefix: str, metadata: dict) -> tuple[Observations, str] | None:
+def _same_setup_of_architecture(
+    path: Path, prefix: str, metadata: dict, sigmas: list[float]
+) -> tuple[Observations, str] | None:
     """The profile with the most observations of another model of this architecture (a fine-tune, other
-    LoRAs) under this exact sampler and cfg, and which file that is.
+    LoRAs) under this exact sampler and cfg that observed most of this run's sigmas, and which file that is.
 
     On fine-tunes of the three zoo architectures (300 steps on one class,
     ``scripts/finetune_transfer.py``) the base model's profile planned a
@@ -127,7 +130,8 @@ def _same_setup_of_architecture(path: Path, prefix: str, metadata: dict) -> tupl
     profile after one run did (+3.6 dB); both lost more than 1 dB to even in
     a few cells (8 and 6 of 72). Another sampler or cfg is not borrowed
     across models: a distilled variant of the same architecture runs other
-    setups and bends differently.
+    setups and bends differently. Nor is a profile that saw another part of
+    the schedule (the other expert of a two-model run such as Wan 2.2).
     """
     setup = path.name[len(prefix) :]
     best = None
@@ -140,7 +144,8 @@ def _same_setup_of_architecture(path: Path, prefix: str, metadata: dict) -> tupl
             continue
         same = saved.get("architecture") == metadata.get("architecture") is not None
         if same and saved.get("sampler") == metadata.get("sampler") and saved.get("cfg") == metadata.get("cfg"):
-            if len(observations) and (best is None or len(observations) > len(best[0])):
+            covers = observations.coverage(sigmas) >= MIN_BORROWED_COVERAGE
+            if covers and (best is None or len(observations) > len(best[0])):
                 best = (observations, f"another model of this architecture ({other.name})")
     return best
 
@@ -157,12 +162,13 @@ class AutoProfile:
     borrowed: tuple[Observations, str] | None = None  # another setup's, for this setup's first run
 
     @classmethod
-    def open(cls, path: Path, prefix: str, metadata: dict) -> AutoProfile:
+    def open(cls, path: Path, prefix: str, metadata: dict, sigmas: list[float]) -> AutoProfile:
         """Load ``path``; without a usable file, what this session could not save (or nothing).
 
         A setup with nothing learned yet plans from the same model's profile
         for the nearest other setup, else from another model of the same
-        architecture under the same setup, if there is one. A file with unusable
+        architecture under the same setup that saw most of ``sigmas`` (this
+        run's), if there is one. A file with unusable
         content warns and plans evenly; the next save keeps it aside. One that
         cannot be read at all (permissions, a file where the folder should
         be) warns too.
@@ -173,7 +179,8 @@ class AutoProfile:
         except FileNotFoundError:
             borrowed = None
             if not len(unsaved):
-                borrowed = _closest_setup(path, prefix, metadata) or _same_setup_of_architecture(path, prefix, metadata)
+                borrowed = _closest_setup(path, prefix, metadata)
+                borrowed = borrowed or _same_setup_of_architecture(path, prefix, metadata, sigmas)
             return cls(path, unsaved, {**metadata, "runs": 0}, borrowed=borrowed)
         except OSError as exc:
             profile = cls(path, unsaved, {**metadata, "runs": 0})

@@ -191,7 +191,8 @@ def outer_sample_wrapper(executor, *args, **kwargs):
         guider.model_options = _clone_options(original_options)
         policy = sampler_policy(sampler)
         try:
-            run = RunState(holder, [float(s) for s in sigmas.tolist()], policy, _auto_profile(holder, guider, policy))
+            grid = [float(s) for s in sigmas.tolist()]
+            run = RunState(holder, grid, policy, _auto_profile(holder, guider, policy, grid))
         except ValueError as exc:  # sigmas no schedule can follow (rising, a single one): sample plainly
             log.warning("[MeanCache] %s: running this sampler uncached: %s", holder.history.label, exc)
             return executor(*args, **kwargs)
@@ -214,7 +215,7 @@ def outer_sample_wrapper(executor, *args, **kwargs):
             _log_run(holder, stats)
 
 
-def _auto_profile(holder: MeanCacheHolder, guider, policy: SamplerPolicy) -> AutoProfile | None:
+def _auto_profile(holder: MeanCacheHolder, guider, policy: SamplerPolicy, sigmas: list[float]) -> AutoProfile | None:
     """The learned profile of this model and sampler setup, for a plan whose cost source is ``auto``."""
     if holder.schedule is None or holder.schedule.settings.cost_key != AUTO or not policy.cached:
         return None
@@ -228,7 +229,7 @@ def _auto_profile(holder: MeanCacheHolder, guider, policy: SamplerPolicy) -> Aut
         return None
     model = type(guider.model_patcher.model).__name__
     metadata = {"model": model, "architecture": architecture, "sampler": policy.name, "cfg": cfg}
-    return AutoProfile.open(path, prefix, metadata)
+    return AutoProfile.open(path, prefix, metadata, sigmas)
 
 
 def predict_noise_wrapper(executor, *args, **kwargs):

@@ -100,6 +100,18 @@ class Observations:
     def __len__(self) -> int:
         return len(self.sigma)
 
+    def coverage(self, sigmas: Sequence[float]) -> float:
+        """The share of the span of ``sigmas`` (the nonzero ones) that the observed sigmas span.
+
+        About 1 for runs over the same schedule; 0 for another part of it
+        (what one expert of a two-model run learned, for the other expert).
+        """
+        run = [s for s in sigmas if s > 0]
+        if not self.sigma or len(run) < 2 or max(run) == min(run):
+            return 0.0
+        overlap = min(max(run), max(self.sigma)) - max(min(run), min(self.sigma))
+        return max(0.0, overlap) / (max(run) - min(run))
+
     def at(self, sigmas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Curvature and slope at ``sigmas``, interpolated in log (observations at one sigma average)."""
         grid, inverse = np.unique(np.asarray(self.sigma), return_inverse=True)

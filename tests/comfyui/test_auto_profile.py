@@ -216,6 +216,7 @@ def test_two_experts_each_learn_their_own_profile_and_run_their_slice_of_it(user
             counters[1].model, seed=seed, start_step=k, last_step=10000, add_noise=False, latent=first, **common
         )
         runs = [history.latest for _, history in experts]
+        assert not any("another model" in note for note in runs[1].notes)  # the high expert saw other sigmas
         assert [r.steps_run for r in runs] == [k, STEPS - k]
         assert [c.count for c in counters] == [2 * r.model_calls for r in runs]  # cond and uncond apart
     assert len(learned_files(user_dir)) == 2  # one profile per expert

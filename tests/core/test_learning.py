@@ -131,3 +131,13 @@ def test_a_grid_that_repeats_a_sigma_learns_what_it_can_and_never_divides_by_zer
     out = sample_euler(cached, noise(), torch.tensor(sigmas, dtype=torch.float64))  # dpmpp_2m divides by h = 0
     assert torch.isfinite(out).all() and cached.stats.model_calls == 7
     assert 0 < len(learned) < 7 - 2 and 0.8 in learned.sigma and all(np.isfinite(learned.curvature))
+
+
+def test_coverage_is_the_share_of_a_runs_sigma_span_that_was_observed():
+    observed = Observations()
+    for sigma in (0.9, 0.5, 0.2):
+        observed.add(sigma, 1.0, 1.0)
+    assert observed.coverage([1.0, 0.6, 0.2, 0.0]) == pytest.approx(0.7 / 0.8)
+    assert observed.coverage([0.5, 0.4, 0.3]) == 1.0
+    assert observed.coverage([0.15, 0.1, 0.0]) == 0.0  # another part of the schedule (the other expert)
+    assert Observations().coverage([1.0, 0.5, 0.0]) == 0.0 and observed.coverage([1.0, 0.0]) == 0.0
