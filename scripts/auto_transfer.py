@@ -33,10 +33,10 @@ from comfy_meancache.samplers import SAMPLERS
 SETUPS = [(sampler, cfg) for sampler in ("euler", "dpmpp_2m", "res_multistep") for cfg in (1.0, 4.0)]
 
 
-def learned_profiles(model, sigmas, budget: int) -> dict[tuple[str, float], Observations]:
-    """Per setup, what three cached runs (each on its own seeds) taught."""
+def learned_profiles(model, sigmas, budget: int, runs: int = EARLIER_RUNS) -> dict[tuple[str, float], Observations]:
+    """Per setup, what ``runs`` cached runs (each on its own seeds) taught."""
     grid = torch.tensor(sigmas)
-    batches = [seeds_batch(model, [4 * run + s for s in CALIBRATION_SEEDS]) for run in range(EARLIER_RUNS)]
+    batches = [seeds_batch(model, [4 * run + s for s in CALIBRATION_SEEDS]) for run in range(runs)]
     profiles = {}
     for sampler, cfg in SETUPS:
         learned = Observations()

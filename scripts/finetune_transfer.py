@@ -23,18 +23,14 @@ import argparse
 import copy
 import statistics
 import time
-from functools import partial
 
 import torch
 from auto_transfer import SETUPS, gains_over_even, learned_profiles
 
-from comfy_meancache.bench_zoo import BUDGETS, CALIBRATION_SEEDS, SHIFT, STEPS, seeds_batch
-from comfy_meancache.core.learning import Observations
-from comfy_meancache.core.runtime import cached_denoiser
+from comfy_meancache.bench_zoo import BUDGETS, SHIFT, STEPS, seeds_batch
 from comfy_meancache.core.sigmas import flow_sigmas
 from comfy_meancache.flowmodel.train import fit_flow
 from comfy_meancache.flowmodel.zoo import ARCHS, ZooModel, load_zoo_weights
-from comfy_meancache.samplers import SAMPLERS
 
 FINE_TUNE = argparse.Namespace(steps=300, batch=32, lr=5e-4, warmup=20, ema=0.99)
 FINE_TUNE_CLASS = 0
@@ -54,18 +50,6 @@ def fine_tune(name: str) -> ZooModel:
     return ZooModel(ema.eval(), name, arch.decode, {"fine_tune": vars(FINE_TUNE)})
 
 
-def own_profile(model, sigmas, setup, budget: int) -> Observations:
-    """What one cached run of the fine-tune taught."""
-    noise, labels = seeds_batch(model, list(CALIBRATION_SEEDS))
-    learned = Observations()
-    run = cached_denoiser(
-        partial(model.denoised, labels=labels, cfg=setup[1]), sigmas, compute_steps=budget, learn=learned
-    )
-    SAMPLERS[setup[0]](run, noise, torch.tensor(sigmas))
-    run.finish()
-    return learned
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=8, help="held-out seeds")
@@ -78,10 +62,9 @@ def main() -> None:
         base, tuned = load_zoo_weights(name), fine_tune(name)
         noise, labels = seeds_batch(tuned, list(range(1000, 1000 + args.seeds)))
         for budget in BUDGETS:
-            profiles = learned_profiles(base, sigmas, budget)
+            profiles, own = learned_profiles(base, sigmas, budget), learned_profiles(tuned, sigmas, budget, runs=1)
             for setup in SETUPS:
-                own = own_profile(tuned, sigmas, setup, budget)
-                choices = {"base": profiles[setup], "own": own}
+                choices = {"base": profiles[setup], "own": own[setup]}
                 for label, gain in gains_over_even(tuned, setup, sigmas, budget, noise, labels, choices).items():
                     results[label].append(gain)
         print(f"{name}: done", flush=True)

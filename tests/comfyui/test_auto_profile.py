@@ -41,6 +41,13 @@ def learned_files(user_dir):
     return sorted(p for p in folder.glob("*.json")) if folder.is_dir() else []
 
 
+def learned_steps(run, observations, calls=CALLS) -> tuple[int, ...]:
+    """The computed steps ``run``'s grid gets when planned from ``observations`` with ``calls`` model calls."""
+    sigmas, settings = list(run.schedule.sigmas), run.schedule.settings
+    costs = learned_costs(sigmas, observations, settings.max_gap)
+    return plan(sigmas, compute_steps=calls, settings=settings, costs=costs).computed_steps
+
+
 def test_auto_is_the_default_cost_source():
     source = harness.node_info(MeanCachePlanner)["input"]["required"]["cost_source"][1]
     assert source["default"] == "auto" and source["options"][:4] == ["auto", "even", "prior", "official-zimage-50"]
@@ -66,13 +73,7 @@ def test_first_run_creates_the_profile_and_the_second_plans_from_it(zimage, user
     counter.reset()
     latent = harness.sample(counter.model, seed=2, steps=STEPS, cfg=CFG)
     second = history.latest
-    expected = plan(
-        list(second.schedule.sigmas),
-        compute_steps=CALLS,
-        settings=schedule.settings,
-        costs=learned_costs(second.schedule.sigmas, learned, schedule.settings.max_gap),
-    )
-    assert second.schedule.computed_steps == expected.computed_steps and counter.count == 2 * CALLS
+    assert second.schedule.computed_steps == learned_steps(second, learned) and counter.count == 2 * CALLS
     assert second.schedule.settings.cost_source == f"learned ({CALLS - 2} observations)"
     assert load_learned(path)[1]["runs"] == 2 and len(load_learned(path)[0]) > len(learned)
     assert path.stat().st_size < 1 << 20
@@ -114,13 +115,7 @@ def test_a_new_setup_of_a_known_model_plans_from_its_nearest_setup_and_learns_it
     borrowed = load_learned(cfg4)[0]
     harness.sample(patched, seed=2, steps=STEPS, cfg=CFG, sampler_name="dpmpp_2m")  # nearest: euler cfg 4
     run = history.latest
-    expected = plan(
-        list(run.schedule.sigmas),
-        compute_steps=CALLS,
-        settings=run.schedule.settings,
-        costs=learned_costs(run.schedule.sigmas, borrowed, run.schedule.settings.max_gap),
-    )
-    assert run.schedule.computed_steps == expected.computed_steps
+    assert run.schedule.computed_steps == learned_steps(run, borrowed)
     assert "planned from this model's euler cfg 4.0" in " ".join(run.notes)
     own = next(p for p in learned_files(user_dir) if p.name.endswith("-dpmpp_2m-cfg4.json"))
     assert len(load_learned(own)[0]) == CALLS - 2 and len(load_learned(cfg4)[0]) == len(borrowed)  # untouched
@@ -139,13 +134,7 @@ def test_another_model_of_the_architecture_borrows_only_the_same_setup(zimage, u
         return model_history.latest
 
     fine_tune = first_run(harness.tiny_zimage(seed=4), CFG)
-    expected = plan(
-        list(fine_tune.schedule.sigmas),
-        compute_steps=CALLS,
-        settings=fine_tune.schedule.settings,
-        costs=learned_costs(fine_tune.schedule.sigmas, donor, fine_tune.schedule.settings.max_gap),
-    )
-    assert fine_tune.schedule.computed_steps == expected.computed_steps
+    assert fine_tune.schedule.computed_steps == learned_steps(fine_tune, donor)
     assert f"planned from another model of this architecture ({learned_file.name})" in " ".join(fine_tune.notes)
     assert len(learned_files(user_dir)) == 2 and len(load_learned(learned_file)[0]) == len(donor)  # its own
     other_cfg = first_run(harness.tiny_zimage(seed=5), 1.5)  # no model learned euler cfg 1.5
@@ -231,12 +220,6 @@ def test_a_run_on_other_sigmas_is_planned_from_the_learned_costs_on_its_own_grid
     harness.sample(patched, seed=2, steps=12, cfg=CFG)
     run = history.latest
     calls = round(CALLS * 12 / STEPS)
-    expected = plan(
-        list(run.schedule.sigmas),
-        compute_steps=calls,
-        settings=run.schedule.settings,
-        costs=learned_costs(run.schedule.sigmas, learned, run.schedule.settings.max_gap),
-    )
     assert run.steps_run == 12 and run.model_calls == calls
-    assert run.schedule.computed_steps == expected.computed_steps
+    assert run.schedule.computed_steps == learned_steps(run, learned, calls)
     assert "re-planned for the sampler's 12 steps" in " ".join(run.schedule.notes)
