@@ -99,13 +99,7 @@ def _closest_setup(path: Path, prefix: str, metadata: dict) -> tuple[Observation
     (+4.8 and +4.6 dB over even on average, against +4.8 for its own).
     """
     best = None
-    for other in sorted(path.parent.glob(f"{prefix}*.json")) if path.parent.is_dir() else ():
-        if other == path or ".unreadable-" in other.name:
-            continue
-        try:
-            observations, saved = load_learned(other)
-        except (OSError, ValueError):
-            continue
+    for _, observations, saved in _other_profiles(path, f"{prefix}*.json"):
         cfg, own_cfg = saved.get("cfg"), metadata.get("cfg")
         numbers = all(isinstance(c, (int, float)) for c in (cfg, own_cfg))
         rank = (
@@ -133,21 +127,28 @@ def _same_setup_of_architecture(
     setups and bends differently. Nor is a profile that saw another part of
     the schedule (the other expert of a two-model run such as Wan 2.2).
     """
-    setup = path.name[len(prefix) :]
     best = None
-    for other in sorted(path.parent.glob(f"*-{setup}")) if path.parent.is_dir() else ():
-        if other == path or other.name.startswith(prefix):
-            continue
-        try:
-            observations, saved = load_learned(other)
-        except (OSError, ValueError):
-            continue
+    for other, observations, saved in _other_profiles(path, f"*-{path.name[len(prefix) :]}"):
+        if other.name.startswith(prefix):
+            continue  # this model's own setups: _closest_setup's
         same = saved.get("architecture") == metadata.get("architecture") is not None
         if same and saved.get("sampler") == metadata.get("sampler") and saved.get("cfg") == metadata.get("cfg"):
             covers = observations.coverage(sigmas) >= MIN_BORROWED_COVERAGE
             if covers and (best is None or len(observations) > len(best[0])):
                 best = (observations, f"another model of this architecture ({other.name})")
     return best
+
+
+def _other_profiles(path: Path, pattern: str):
+    """``(file, observations, metadata)`` of each readable profile beside ``path`` matching ``pattern``."""
+    for other in sorted(path.parent.glob(pattern)) if path.parent.is_dir() else ():
+        if other == path or ".unreadable-" in other.name:
+            continue
+        try:
+            observations, saved = load_learned(other)
+        except (OSError, ValueError):
+            continue
+        yield other, observations, saved
 
 
 @dataclass
@@ -159,7 +160,7 @@ class AutoProfile:
     metadata: dict
     notes: list[str] = field(default_factory=list)
     unreadable: str | None = None  # why the file on disk could not be used
-    borrowed: tuple[Observations, str] | None = None  # another setup's, for this setup's first run
+    borrowed: tuple[Observations, str] | None = None  # another setup's or model's, for this setup's first run
 
     @classmethod
     def open(cls, path: Path, prefix: str, metadata: dict, sigmas: list[float]) -> AutoProfile:
