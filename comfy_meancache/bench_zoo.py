@@ -134,10 +134,10 @@ def score_model(
             sampler = SAMPLERS[sampler_name]
             sigmas = sampler_sigmas(sampler_name, STEPS)
             grid = torch.tensor(sigmas)
-            costs = {
-                "default": even_costs(STEPS, DEFAULT_ESTIMATOR),
-                "prior": prior_costs(sigmas, DEFAULT_ESTIMATOR, prior=prior),
-                "calibrated": Profile("calibration", runs=[calibration[cfg]]).costs(sigmas, DEFAULT_ESTIMATOR),
+            plan_from = {
+                "default": dict(costs=even_costs(STEPS, DEFAULT_ESTIMATOR)),
+                "prior": dict(costs=prior_costs(sigmas, DEFAULT_ESTIMATOR, prior=prior)),
+                "calibrated": dict(profile=Profile("calibration", runs=[calibration[cfg]])),
             }
             full = sampler(denoise, noise, grid)
             refs = References(model.decode(full), exact)
@@ -146,8 +146,8 @@ def score_model(
             for budget in budgets:
                 fewer = sampler(denoise, noise, torch.tensor(sampler_sigmas(sampler_name, budget)))
                 cells.append(Cell(*key, "fewer steps", budget, budget, *refs.score(model, fewer)))
-                for method, method_costs in costs.items():
-                    cached = cached_denoiser(denoise, sigmas, compute_steps=budget, costs=method_costs)
+                for method, source in plan_from.items():
+                    cached = cached_denoiser(denoise, sigmas, compute_steps=budget, **source)
                     latent = sampler(cached, noise, grid)
                     cells.append(Cell(*key, method, budget, cached.stats.model_calls, *refs.score(model, latent)))
                 learned = Observations()

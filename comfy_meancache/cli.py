@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from . import bench, demo
@@ -12,7 +13,7 @@ from .core.costs import even_costs
 from .core.estimators import DEFAULT_ESTIMATOR, ESTIMATORS
 from .core.planner import plan
 from .core.profile import Profile
-from .core.schedule import PlannerSettings
+from .core.schedule import MEASURED_WARMUP, PlannerSettings
 from .core.sigmas import SCHEDULERS, flow_sigmas
 
 
@@ -30,7 +31,11 @@ def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     )
     defaults = PlannerSettings()
     parser.add_argument("--gamma", type=float, default=defaults.gamma, help="peak suppression power")
-    parser.add_argument("--warmup", type=int, default=defaults.warmup, help="leading steps always computed")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        help=f"leading steps always computed (default {defaults.warmup}; {MEASURED_WARMUP} with --profile)",
+    )
     parser.add_argument("--max-gap", type=int, default=defaults.max_gap, help="longest edge in steps")
     parser.add_argument("--max-span", type=int, default=defaults.max_span, help="largest meancache span K")
     parser.add_argument("--json", action="store_true", help="print the schedule as JSON")
@@ -39,7 +44,11 @@ def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _plan(args: argparse.Namespace) -> int:
     sigmas = flow_sigmas(args.steps, args.shift, args.scheduler, args.denoise)
-    settings = PlannerSettings(gamma=args.gamma, warmup=args.warmup, max_gap=args.max_gap, max_span=args.max_span)
+    settings = PlannerSettings(gamma=args.gamma, max_gap=args.max_gap, max_span=args.max_span)
+    if args.profile is not None:
+        settings = settings.for_measured_costs()
+    if args.warmup is not None:
+        settings = replace(settings, warmup=args.warmup)
     speedup = args.speedup if args.compute_steps is None and args.speedup is not None else None
     if args.compute_steps is None and speedup is None:
         speedup = 2.5

@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         cal_noise, cal_labels = seeds_noise([0, 1, 2, 3], model.latent_shape)
         calibration = Profile("demo", runs=[full_runs(model, sigmas, cal_noise, cal_labels, args.cfg)])
         costs = calibration.costs(sigmas, preset.estimator, settings.max_span, settings.max_gap)
+        settings = settings.for_measured_costs()
     schedule = plan(sigmas, speedup=preset.speedup, estimator=preset.estimator, settings=settings, costs=costs)
 
     def velocity(x, sigma):

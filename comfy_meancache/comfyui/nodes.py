@@ -91,7 +91,8 @@ class MeanCachePlanner(io.ComfyNode):
                     default=_DEFAULTS.warmup,
                     min=0,
                     max=1000,
-                    tooltip="custom: leading steps always computed.",
+                    tooltip="custom: leading steps always computed, learned plans included (the presets compute 3 "
+                    "on a model's first run, then let its learned costs choose).",
                 ),
                 io.Int.Input(
                     "max_gap",

@@ -18,6 +18,7 @@ from ..core.costs import even_costs
 from ..core.learning import LEARNED_ESTIMATOR, Observations, learned_costs
 from ..core.official import OFFICIAL_SOURCE, official_plan
 from ..core.planner import fewest_calls, plan
+from ..core.presets import CUSTOM
 from ..core.schedule import PlannerSettings, Schedule
 from .calibration import load_profile, saved_profiles
 
@@ -41,10 +42,16 @@ def plan_from_source(grid: list[float], source: str, estimator: str, settings: P
                 f"cost_source: no profile named {source!r} (saved: {', '.join(saved_profiles()) or 'none'})"
             )
         costs = load_profile(source).costs(grid, estimator, settings.max_span, settings.max_gap)
+        settings = for_measured_costs(settings)
     planned = plan(grid, estimator=estimator, settings=settings, costs=costs, **budget)
     if source == AUTO:
         return planned.with_notes("auto: planned evenly here; each sampling run re-plans from what this model learned")
     return planned
+
+
+def for_measured_costs(settings: PlannerSettings) -> PlannerSettings:
+    """A preset's settings for costs measured on the model (only step 0 of the warm-up); custom ones as set."""
+    return settings if settings.preset == CUSTOM else settings.for_measured_costs()
 
 
 def replan(schedule: Schedule, sigmas: list[float], learned: Observations | None = None) -> Schedule:
@@ -67,20 +74,22 @@ def replan(schedule: Schedule, sigmas: list[float], learned: Observations | None
 def learned_plan(schedule: Schedule, observations: Observations) -> Schedule:
     """``schedule`` planned again from what earlier runs of this model learned, with the same model calls.
 
-    Without observations, or for an estimator other than the one learned
-    costs price, the schedule stays as it is, with a note saying why.
+    A preset's warm-up drops to step 0 (:func:`for_measured_costs`). Without
+    observations, or for an estimator other than the one learned costs price,
+    the schedule stays as it is, with a note saying why.
     """
     if not len(observations):
         return schedule.with_notes("auto: this model's first run here plans evenly; later runs plan from it")
     if schedule.estimator != LEARNED_ESTIMATOR:
         return schedule.with_notes(f"auto: learned costs price {LEARNED_ESTIMATOR}, not {schedule.estimator}; even")
     costs = learned_costs(schedule.sigmas, observations, schedule.settings.max_gap)
+    settings = for_measured_costs(schedule.settings)
     try:
         learned = plan(
             schedule.sigmas,
             compute_steps=schedule.model_calls,
             estimator=schedule.estimator,
-            settings=schedule.settings,
+            settings=settings,
             costs=costs,
         )
     except ValueError as exc:  # the call count of a fragment's slice that the settings cannot plan

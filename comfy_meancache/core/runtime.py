@@ -179,7 +179,9 @@ def cached_denoiser(
     With ``learn`` (observations of this model, kept by the caller across
     runs) the plan comes from what earlier runs showed
     (:func:`~.learning.learned_costs`, ``meancache2``) once there is any, and
-    this run adds its own.
+    this run adds its own. Costs measured on the model (a profile, learned
+    costs) price its first steps, so without ``settings`` such a plan computes
+    only step 0 of the warm-up.
     """
     grid = [float(s) for s in (sigmas.tolist() if isinstance(sigmas, torch.Tensor) else sigmas)]
     if sum(x is not None for x in (compute_steps, speedup, preset)) > 1:
@@ -188,15 +190,19 @@ def cached_denoiser(
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     chosen = PRESETS[preset or "balanced"] if compute_steps is None and speedup is None else None
     estimator = estimator or (chosen.estimator if chosen else PRESETS["balanced"].estimator)
+    settings_given = settings is not None
     settings = settings or (replace(chosen.settings, preset=preset or "balanced") if chosen else PlannerSettings())
+    measured = None  # costs measured on this model
     if profile is not None:
         if costs is not None:
             raise ValueError("give costs or a profile, not both")
-        costs = profile.costs(grid, estimator, settings.max_span, settings.max_gap)
-    if learn is not None and len(learn) and costs is None:
+        measured = profile.costs(grid, estimator, settings.max_span, settings.max_gap)
+    elif learn is not None and len(learn) and costs is None:
         if estimator != "meancache2":
             raise ValueError(f"learned costs are for meancache2, not {estimator!r}")
-        costs = learned_costs(grid, learn, settings.max_gap)
+        measured = learned_costs(grid, learn, settings.max_gap)
+    if measured is not None:
+        costs, settings = measured, settings if settings_given else settings.for_measured_costs()
     if costs is None:
         costs = even_costs(len(grid) - 1, estimator, settings.max_span, settings.max_gap)
     budget = dict(speedup=chosen.speedup) if chosen else dict(compute_steps=compute_steps, speedup=speedup)

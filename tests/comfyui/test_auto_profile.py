@@ -17,6 +17,7 @@ from comfy_meancache.comfyui.auto_profile import model_identity
 from comfy_meancache.comfyui.nodes import MeanCacheApply, MeanCacheCalibrate, MeanCachePlanner, MeanCacheReport
 from comfy_meancache.core.learning import learned_costs, load_learned
 from comfy_meancache.core.planner import plan
+from comfy_meancache.core.schedule import MEASURED_WARMUP
 
 STEPS, CALLS, CFG = 20, 8, 4.0
 PLANNER = {k: v for k, v in harness.PLANNER_INPUTS.items() if k != "cost_source"} | dict(
@@ -29,9 +30,9 @@ def zimage():
     return harness.tiny_zimage(seed=3)
 
 
-def auto_model(model):
+def auto_model(model, **planner):
     """Planner on ``auto`` -> Apply; returns the Planner's (even) plan, the patched model and its stats."""
-    schedule = harness.execute_node(MeanCachePlanner, model=model, cost_source="auto", **PLANNER)[0]
+    schedule = harness.execute_node(MeanCachePlanner, model=model, cost_source="auto", **(PLANNER | planner))[0]
     patched, history = harness.execute_node(MeanCacheApply, model=model, schedule=schedule).result
     return schedule, patched, history
 
@@ -75,6 +76,7 @@ def test_first_run_creates_the_profile_and_the_second_plans_from_it(zimage, user
     second = history.latest
     assert second.schedule.computed_steps == learned_steps(second, learned) and counter.count == 2 * CALLS
     assert second.schedule.settings.cost_source == f"learned ({CALLS - 2} observations)"
+    assert second.schedule.settings.warmup == 3  # a custom warm-up is kept
     assert load_learned(path)[1]["runs"] == 2 and len(load_learned(path)[0]) > len(learned)
     assert path.stat().st_size < 1 << 20
 
@@ -82,6 +84,23 @@ def test_first_run_creates_the_profile_and_the_second_plans_from_it(zimage, user
     assert chart.shape[-1] == 3
     assert "costs learned (6 observations)" in text and "planned from this model's learned costs" in text
     assert f"auto profile {path.name}: " in text and "from 2 runs" in text
+
+
+def test_a_presets_learned_plan_computes_only_step_0_of_the_warm_up(zimage, user_dir):
+    """Learned costs price the first edges, so a preset's later runs plan them (the first run keeps 3)."""
+    schedule, patched, history = auto_model(zimage, preset="balanced", compute_steps=0)
+    harness.sample(patched, seed=1, steps=STEPS, cfg=CFG)
+    assert history.latest.schedule.settings.warmup == 3 and schedule.computed_steps[:3] == (0, 1, 2)
+    [path] = learned_files(user_dir)
+    learned = load_learned(path)[0]
+    harness.sample(patched, seed=2, steps=STEPS, cfg=CFG)
+    second = history.latest.schedule
+    assert second.settings.warmup == MEASURED_WARMUP and second.settings.preset == "balanced"
+    costs = learned_costs(list(second.sigmas), learned, second.settings.max_gap)
+    expected = plan(
+        list(second.sigmas), compute_steps=CALLS, settings=schedule.settings.for_measured_costs(), costs=costs
+    )
+    assert second.computed_steps == expected.computed_steps and second.model_calls == CALLS
 
 
 def test_the_profile_is_keyed_by_model_loras_sampler_and_cfg(zimage, user_dir):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from comfy_meancache.comfyui.nodes import MeanCacheApply, MeanCacheCalibrate, MeanCachePlanner, MeanCacheReport
+from comfy_meancache.core.schedule import MEASURED_WARMUP
 
 STEPS = 20
 PLANNER = {k: v for k, v in harness.PLANNER_INPUTS.items() if k != "cost_source"} | dict(
@@ -45,6 +46,10 @@ def test_calibrate_twice_then_plan_from_the_profile(zimage, user_dir):
     from_prior = harness.execute_node(MeanCachePlanner, model=zimage, cost_source="prior", **PLANNER)[0]
     assert from_profile.settings.cost_source == "profile tiny-zimage (2 runs)"
     assert from_profile.computed_steps != from_prior.computed_steps
+    assert from_profile.settings.warmup == from_prior.settings.warmup == 3  # custom: the warm-up as set
+    balanced = dict(PLANNER, preset="balanced", compute_steps=0)
+    preset_plan = harness.execute_node(MeanCachePlanner, model=zimage, cost_source="tiny-zimage", **balanced)[0]
+    assert preset_plan.settings.warmup == MEASURED_WARMUP and preset_plan.model_calls == 8  # measured: step 0 only
     patched, stats = harness.execute_node(MeanCacheApply, model=zimage, schedule=from_profile).result
     calls = harness.DiffusionModelCallCounter(patched)
     harness.sample(calls.model, seed=9, steps=STEPS, cfg=1.0)

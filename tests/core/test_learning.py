@@ -14,7 +14,9 @@ from comfy_meancache.core.learning import (
     one_step_errors,
     save_learned,
 )
+from comfy_meancache.core.planner import plan
 from comfy_meancache.core.runtime import cached_denoiser
+from comfy_meancache.core.schedule import MEASURED_WARMUP, PlannerSettings
 from comfy_meancache.core.sigmas import flow_sigmas
 from comfy_meancache.samplers import sample_dpmpp_2m, sample_euler
 
@@ -69,6 +71,23 @@ def test_a_second_run_plans_from_what_the_first_showed():
     assert field.calls == second.stats.model_calls == 12 and len(learned) == 20
     with pytest.raises(ValueError, match="learned costs are for meancache2"):
         cached_denoiser(Field(), SIGMAS, compute_steps=12, estimator="reuse", learn=learned)
+
+
+def test_a_learned_plan_forces_only_step_0_of_the_warm_up_unless_settings_are_given():
+    learned = Observations()
+    first = cached_denoiser(Field(), SIGMAS, compute_steps=8, learn=learned)
+    sample_euler(first, noise(), torch.tensor(SIGMAS, dtype=torch.float64))
+    first.finish()
+    second = cached_denoiser(Field(), SIGMAS, compute_steps=8, learn=learned)
+    assert first.schedule.settings.warmup == 3 and second.schedule.settings.warmup == MEASURED_WARMUP == 1
+    costs = learned_costs(SIGMAS, learned)
+    assert (
+        second.schedule.computed_steps
+        == plan(SIGMAS, compute_steps=8, settings=PlannerSettings(warmup=1), costs=costs).computed_steps
+    )
+    assert second.schedule.computed_steps[:3] != (0, 1, 2)  # the learned costs chose to skip in the first steps
+    kept = cached_denoiser(Field(), SIGMAS, compute_steps=8, learn=learned, settings=PlannerSettings(warmup=3))
+    assert kept.schedule.settings.warmup == 3 and kept.schedule.computed_steps[:3] == (0, 1, 2)
 
 
 def test_a_full_learned_profile_stays_under_a_megabyte_and_round_trips(tmp_path):

@@ -14,8 +14,11 @@ from hypothesis import strategies as st
 
 from comfy_meancache.core import profile as profile_module
 from comfy_meancache.core.costs import trajectory_costs
+from comfy_meancache.core.planner import plan
 from comfy_meancache.core.prior import MixturePrior, mixture_trajectories
 from comfy_meancache.core.profile import Profile, Trajectory, list_profiles, profile_paths, subsample
+from comfy_meancache.core.runtime import cached_denoiser
+from comfy_meancache.core.schedule import MEASURED_WARMUP, PlannerSettings
 from comfy_meancache.core.sigmas import flow_sigmas
 
 
@@ -238,3 +241,17 @@ def test_a_save_that_fails_half_way_keeps_the_previous_profile(tmp_path, monkeyp
     loaded = Profile.load(tmp_path, "p")
     assert loaded.metadata == {"runs": 1} and len(loaded.runs) == 1
     torch.testing.assert_close(loaded.runs[0].states, run_on(sigmas, 1).states)
+
+
+def test_a_plan_from_a_profile_computes_only_step_0_of_the_warm_up_unless_settings_are_given():
+    sigmas = flow_sigmas(20)
+    profile = Profile("p", runs=[run_on(sigmas)])
+    measured = cached_denoiser(None, sigmas, compute_steps=8, profile=profile)
+    assert measured.schedule.settings.warmup == MEASURED_WARMUP == 1
+    expected = plan(
+        sigmas, compute_steps=8, settings=PlannerSettings(warmup=1), costs=profile.costs(sigmas, "meancache2")
+    )
+    assert measured.schedule.computed_steps == expected.computed_steps
+    kept = cached_denoiser(None, sigmas, compute_steps=8, profile=profile, settings=PlannerSettings())
+    assert kept.schedule.settings.warmup == 3 and kept.schedule.computed_steps[:3] == (0, 1, 2)
+    assert cached_denoiser(None, sigmas, compute_steps=8).schedule.settings.warmup == 3  # even: nothing measured
