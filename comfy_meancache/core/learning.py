@@ -11,10 +11,12 @@ estimators' predictions of ``v_b`` from that history were from the real one:
 Interpolated in sigma (in log), these price every edge of any plan on the
 same grid: a skipped step ``m`` of edge ``a -> b`` errs by ``e_m`` (the
 curvature form with the computed step ``r`` before the edge, the slope form
-when there is none), and the edge costs ``sum_m |h_m| * e_m * (m - a)``: each
-velocity error moves the state by its step and the later estimates of the
-edge build on it. The first run plans with even costs; later runs of the same
-model plan from what the earlier ones showed.
+when there is none), and the edge costs ``sum_m |h_m| * e_m``: each velocity
+error moves the state by its step, so this is the state's deviation at the
+edge's end, what calibration measures. The first run plans with even costs
+and computes the first ``warmup`` steps; later runs of the same model plan
+from what the earlier ones showed, which prices the first edges too, so only
+step 0 is forced (:meth:`~.schedule.PlannerSettings.for_measured_costs`).
 
 :func:`save_learned` / :func:`load_learned` keep one model's observations in a
 small JSON file (at most :data:`MAX_OBSERVATIONS`, well under
@@ -202,6 +204,6 @@ def learned_costs(sigmas: Sequence[float], observations: Observations, max_gap: 
                     error = curvature[m] / 2 * abs((s[m] - s[a]) * (s[m] - s[a - back]))
                 else:
                     error = slope[m] * abs(s[m] - s[a])
-                total += h[m] * error * (m - a)
+                total += h[m] * error
                 band[back, a, m + 1 - a] = total
     return EdgeCosts(LEARNED_ESTIMATOR, band, f"learned ({len(observations)} observations)")

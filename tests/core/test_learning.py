@@ -36,9 +36,9 @@ def test_costs_follow_the_formula_for_constant_curvature():
     costs = learned_costs(SIGMAS, observations, max_gap=4)
     s, h = np.asarray(SIGMAS), np.abs(np.diff(SIGMAS))
     a, back, d = 10, 3, 4  # edge 10 -> 14 after a call at step 7
-    expected = sum(h[m] * 1.5 * abs((s[m] - s[a]) * (s[m] - s[a - back])) * (m - a) for m in range(a + 1, a + d))
+    expected = sum(h[m] * 1.5 * abs((s[m] - s[a]) * (s[m] - s[a - back])) for m in range(a + 1, a + d))
     assert costs.band[back, a, d] == pytest.approx(expected, rel=1e-12)
-    first = sum(h[m] * 0.5 * abs(s[m] - s[0]) * m for m in (1, 2))
+    first = sum(h[m] * 0.5 * abs(s[m] - s[0]) for m in (1, 2))
     assert costs.band[0, 0, 3] == pytest.approx(first, rel=1e-12) and np.isinf(costs.band[0, 5, 2])
     assert costs.band.shape == (5, 30, 5) and costs.pair_state and "2 observations" in costs.source
     with pytest.raises(ValueError, match="no observations"):
