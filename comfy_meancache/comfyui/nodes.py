@@ -91,8 +91,8 @@ class MeanCachePlanner(io.ComfyNode):
                     default=_DEFAULTS.warmup,
                     min=0,
                     max=1000,
-                    tooltip="custom: leading steps always computed, learned plans included (the presets compute 3 "
-                    "on a model's first run, then let its learned costs choose).",
+                    tooltip="custom: leading steps always computed, whatever the cost source (presets compute 3 "
+                    "when nothing was measured on the model, only step 0 with learned costs or a profile).",
                 ),
                 io.Int.Input(
                     "max_gap",
