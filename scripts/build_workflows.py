@@ -22,10 +22,17 @@ video_wan2_2_14B_t2v without the 4-step LoRAs).
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parents[1] / "workflows"
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from comfy_meancache.core.presets import DEFAULT_PRESET, PRESETS  # noqa: E402
+
+HERE = ROOT / "workflows"
 FRONTEND_VERSION = "1.35.9"
 CORE_VERSION = "0.8.0"
 PACK_ID, PACK_VERSION = "comfy-meancache", "0.1.0"
@@ -126,7 +133,20 @@ POSITIVE = (
     "of old books, steam rising from a mug of tea, soft film grain, 35mm photograph, shallow depth of field."
 )
 NEGATIVE = "blurry, low quality, jpeg artifacts, distorted, deformed, watermark, text, signature"
-PLANNER_BALANCED = ["balanced", STEPS, "simple", 1.0, 0, 2.5, 2.0, 3, 8, "meancache2", "auto"]
+_DEFAULT = PRESETS[DEFAULT_PRESET]  # the Planner's widgets show the preset's own values, so they never drift
+PLANNER_BALANCED = [
+    DEFAULT_PRESET,
+    STEPS,
+    "simple",
+    1.0,
+    0,
+    _DEFAULT.speedup,
+    _DEFAULT.settings.gamma,
+    _DEFAULT.settings.warmup,
+    _DEFAULT.settings.max_gap,
+    _DEFAULT.estimator,
+    "auto",
+]
 KSAMPLER = [SEED, "randomize", STEPS, CFG, "euler", "simple", 1.0]
 NOTE_COLORS = {"color": "#432", "bgcolor": "#653"}
 POSITIVE_COLORS = {"color": "#232", "bgcolor": "#353"}
