@@ -2,6 +2,9 @@
 
 import json
 
+import pytest
+
+from comfy_meancache.bench_zoo import Cell, paired, targets
 from comfy_meancache.cli import main
 
 
@@ -60,9 +63,32 @@ def test_bench_zoo_quick_scores_every_method_at_its_exact_budget(tmp_path, capsy
     for c in cells:
         assert c["calls"] == c["budget"]  # every cached method spends exactly its budget
         assert 10 < c["psnr_exact"] < 80  # scored against Heun with 500 steps
+        assert len(c["per_seed"]) == 8 and abs(sum(c["per_seed"]) / 8 - c["psnr_full"]) < 1e-3
     table = (tmp_path / "zoo.md").read_text()
     assert "| terrain-latent | 4 | dpmpp_2m | learned |" in table and "learned - fewer steps: min" in table
     assert "| digits-dit | 4 | euler | 4th run |" in table and "calibrated - 4th run: mean" in table
+
+
+def test_zoo_targets_say_which_misses_the_seeds_cannot_tell_from_a_hit():
+    def cell(method, budget, per_seed):
+        return Cell("m", 1.0, "euler", method, budget, budget, sum(per_seed) / 4, 0.0, per_seed)
+
+    cells = [
+        cell("fewer steps", 20, [30.0, 40.0, 50.0, 60.0]),
+        cell("default", 20, [32.0, 43.0, 52.0, 63.0]),  # +2.5 dB, standard error 0.29: 3 dB is within 2 of them
+        cell("calibrated", 20, [36.0, 45.0, 56.0, 65.0]),  # 3.0 dB above default, standard error 0.58
+        cell("fewer steps", 12, [20.0, 20.0, 20.0, 20.0]),
+        cell("default", 12, [33.0, 44.0, 53.0, 64.0]),  # 1 dB above B = 20 on every seed: a real rise
+        cell("calibrated", 12, [33.0, 44.0, 53.0, 64.0]),
+    ]
+    assert paired(cells[1], cells[0]) == pytest.approx((2.5, (1 / 3) ** 0.5 / 2))
+    assert targets(cells) == [
+        "default - fewer steps: min +2.5 dB over 2 cells, 1 cells >= +3 dB; mean at B=20 +2.5 dB; "
+        "of the 1 short of +3 dB, 1 within 2 standard errors of it (seed-paired)",
+        "calibrated - default: mean +1.5 dB, max +3.0 dB; within 3 dB in 2 of 2 cells (+0 within 2 standard "
+        "errors), within 1.5 dB in 1 of 2 cells (+0 within 2 standard errors)",
+        "cells where default gets better with fewer calls (> 0.5 dB): 1, by more than 0.5 dB plus 2 standard errors: 1",
+    ]
 
 
 def test_bench_overhead_times_every_case_through_the_cached_denoiser(tmp_path, capsys):
