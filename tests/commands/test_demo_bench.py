@@ -82,6 +82,8 @@ def test_zoo_targets_say_which_misses_the_seeds_cannot_tell_from_a_hit():
         cell("calibrated", 12, [33.0, 44.0, 53.0, 64.0]),
     ]
     assert paired(cells[1], cells[0]) == pytest.approx((2.5, (1 / 3) ** 0.5 / 2))
+    older = [Cell("m", 1.0, "euler", method, 20, 20, psnr, 0.0) for method, psnr in (("a", 47.5), ("b", 45.0))]
+    assert paired(*older) == (2.5, 0.0)  # no per-seed values kept: no miss is put down to noise
     assert targets(cells) == [
         "default - fewer steps: min +2.5 dB over 2 cells, 1 cells >= +3 dB; mean at B=20 +2.5 dB; "
         "of the 1 short of +3 dB, 1 within 2 standard errors of it (seed-paired)",
