@@ -184,7 +184,10 @@ def load_learned(path: Path) -> tuple[Observations, dict]:
 
 
 def learned_costs(sigmas: Sequence[float], observations: Observations, max_gap: int = 8) -> EdgeCosts:
-    """``meancache2`` edge costs on ``sigmas`` from ``observations`` (at least one needed)."""
+    """``meancache2`` edge costs on ``sigmas`` from ``observations`` (at least one needed).
+
+    Vectorised over edge starts: a run re-plans with these after its computed steps.
+    """
     if not len(observations):
         raise ValueError("no observations to learn costs from")
     s = np.asarray(sigmas, dtype=np.float64)
@@ -194,16 +197,14 @@ def learned_costs(sigmas: Sequence[float], observations: Observations, max_gap: 
     h = np.abs(np.diff(s))
     band = np.full((gap + 1, n, gap + 1), np.inf)
     band[:, :, 1] = 0.0
-    for a in range(n):
-        for back in range(gap + 1):
-            if (back == 0) != (a == 0) or a - back < 0:
-                continue
-            total = 0.0
-            for m in range(a + 1, min(a + gap, n - 1)):
-                if back:
-                    error = curvature[m] / 2 * abs((s[m] - s[a]) * (s[m] - s[a - back]))
-                else:
-                    error = slope[m] * abs(s[m] - s[a])
-                total += h[m] * error
-                band[back, a, m + 1 - a] = total
+    a = np.arange(n)[:, None]
+    m = a + np.arange(1, gap)[None, :]  # skipped step m of edge a -> m + 1
+    inside = m <= n - 2
+    m = np.clip(m, 0, max(n - 2, 0))
+    back = np.arange(gap + 1)[:, None, None]  # the computed step before a is a - back (0: none)
+    curved = curvature[m] / 2 * np.abs((s[m] - s[a]) * (s[m] - s[np.maximum(a - back, 0)]))
+    error = np.where(back > 0, curved, slope[m] * np.abs(s[m] - s[a]))
+    starts = np.where(back > 0, a >= back, a == 0)
+    total = np.cumsum(np.where(inside, h[m] * error, 0.0), axis=2)
+    band[:, :, 2:] = np.where(inside & starts, total, np.inf)
     return EdgeCosts(LEARNED_ESTIMATOR, band, f"learned ({len(observations)} observations)")
