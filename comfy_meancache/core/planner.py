@@ -170,19 +170,22 @@ def _pair_transitions(band: np.ndarray, settings: PlannerSettings) -> np.ndarray
     return np.where(ok, trans, np.inf)
 
 
-def _pair_state_path(trans: np.ndarray, n: int, budget: int) -> list[int]:
-    """Exact DP over (nodes used, last node, distance to the node before)."""
-    back, gaps = trans.shape[1], trans.shape[2]
+def _pair_state_path(trans: np.ndarray, n: int, budget: int, start: int = 0, back: int = 0) -> list[int]:
+    """Exact DP over (nodes used, last node, distance to the node before), from node ``start`` reached ``back`` after
+    the one before it (0: none) to node ``n - 1``, through at most ``budget`` nodes counting ``start``."""
+    back_layers, gaps = trans.shape[1], trans.shape[2]
     g = np.full((budget, n, gaps), np.inf)
     parent = np.zeros((budget, n, gaps), dtype=np.int16)
-    g[0, 0, 0] = 0.0
+    g[0, start, back] = 0.0
+    d2 = np.arange(1, gaps)[None, :]
+    b, k = np.nonzero(np.arange(n)[:, None] + d2 < n)  # edges b -> b + d2 inside the grid
+    d2 = d2[0, k]
     for m in range(1, budget):
-        cand = g[m - 1][:, :back, None] + trans  # [b, d1, d2]
+        cand = g[m - 1][:, :back_layers, None] + trans  # [b, d1, d2]
         best_d1 = np.argmin(cand, axis=1)  # [b, d2]
         best = np.take_along_axis(cand, best_d1[:, None, :], axis=1)[:, 0, :]
-        for d2 in range(1, gaps):
-            g[m, d2:, d2] = best[: n - d2, d2]
-            parent[m, d2:, d2] = best_d1[: n - d2, d2]
+        g[m, b + d2, d2] = best[b, d2]
+        parent[m, b + d2, d2] = best_d1[b, d2]
     final = g[:, n - 1, :].min(axis=1)
     m = _fewest_nodes_at_min(final)
     d = int(np.argmin(g[m, n - 1]))
@@ -193,6 +196,33 @@ def _pair_state_path(trans: np.ndarray, n: int, budget: int) -> list[int]:
         nodes.append(j)
         d, m = prev_d, m - 1
     return nodes[::-1]
+
+
+def replan_rest(schedule: Schedule, costs: EdgeCosts, computed: list[int]) -> Schedule | None:
+    """``schedule`` with the steps after ``computed[-1]`` planned again under ``costs``; None if none fits.
+
+    ``computed`` are the steps the run has computed so far, in order: they
+    stay as run, and the rest gets the model calls left of the schedule's
+    budget (PSSP from the last of them, the pair-state DP started where the
+    run stands). For pair-state costs (``meancache2``) only. A plan that
+    does not change is returned as it is (its edges keep their costs).
+    """
+    n, settings = schedule.steps, schedule.settings
+    last = computed[-1]
+    back = last - computed[-2] if len(computed) > 1 else 0
+    left = schedule.budget - len(computed)
+    if not costs.pair_state or costs.steps != n or left < 1 or last >= n - 1 or back >= costs.band.shape[0]:
+        return None
+    ahead = _pair_transitions(costs.band, settings)[last:]  # the DP over the steps ahead only
+    try:
+        rest = _pair_state_path(ahead, n - last, left + 1, 0, back)
+    except ValueError:  # the calls left cannot reach the last step within the max gap
+        return None
+    nodes = [*computed, *(last + j for j in rest[1:])]
+    if tuple(nodes) == schedule.computed_steps:
+        return schedule
+    replanned = _schedule_from_path(schedule.sigmas, nodes, costs, schedule.budget, settings)
+    return replace(replanned, notes=schedule.notes)
 
 
 def _schedule_from_path(

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from comfy_meancache.core.planner import MAX_STEPS, fewest_calls, plan, plan_pssp
+from comfy_meancache.core.planner import MAX_STEPS, fewest_calls, plan, plan_pssp, replan_rest
 from comfy_meancache.core.schedule import PlannerSettings
 from comfy_meancache.core.sigmas import flow_sigmas
 
@@ -188,3 +188,37 @@ def test_a_1000_step_plan_stays_small():
     assert grown_mb < 200  # measured: 55 MB on top of the imports
     with pytest.raises(ValueError, match="at most 1000 steps"):
         plan(flow_sigmas(MAX_STEPS + 1), speedup=2.5)
+
+
+@pytest.mark.parametrize(
+    "prefix,budget,max_gap,seed", [([0, 1, 2, 5], 7, 4, 0), ([0, 3, 4], 6, 5, 1), ([0, 2], 4, 8, 2)]
+)
+def test_replanning_the_rest_keeps_the_run_and_finds_the_best_rest(prefix, budget, max_gap, seed):
+    n, rng = 12, np.random.default_rng(seed)
+    table = random_table(rng, n + 1, n)
+    settings = PlannerSettings(gamma=2.0, warmup=1, max_gap=max_gap)
+    costs = from_dense("meancache2", table, "test")
+    sigmas = list(np.linspace(1, 0, n + 1))
+    schedule = plan_pssp(sigmas, costs, budget, settings).with_notes("kept")
+    replanned = replan_rest(schedule, costs, prefix)
+    nodes = list(replanned.computed_steps)
+    assert nodes[: len(prefix)] == prefix and replanned.model_calls <= budget and replanned.notes == schedule.notes
+    completions = [
+        [*prefix, *inner, n - 1]
+        for size in range(budget - len(prefix))
+        for inner in combinations(range(prefix[-1] + 1, n - 1), size)
+    ]
+    best = min(path_cost(c, table, True, settings) for c in completions)
+    assert path_cost(nodes, table, True, settings) == pytest.approx(best, rel=1e-9, abs=1e-12)
+
+
+def test_replanning_the_rest_declines_what_it_cannot_plan():
+    n = 12
+    table = random_table(np.random.default_rng(5), n + 1, n)
+    settings = PlannerSettings(gamma=2.0, warmup=1, max_gap=3)
+    costs = from_dense("meancache2", table, "test")
+    schedule = plan_pssp(list(np.linspace(1, 0, n + 1)), costs, 6, settings)
+    assert replan_rest(schedule, costs, [0, 1, 2, 3, 4, 5]) is None  # no call left
+    assert replan_rest(schedule, costs, [0, 1, 2, 3, 4]) is None  # 1 call cannot cross 7 steps with gaps of 3
+    single = from_dense("meancache", table[:3], "test")
+    assert replan_rest(plan_pssp(list(np.linspace(1, 0, n + 1)), single, 6, settings), single, [0, 3]) is None
