@@ -212,7 +212,8 @@ def budgets_for(steps: int) -> list[int]:
     return sorted({max(2, round(steps * b / 50)) for b in BUDGETS_OF_50}, reverse=True)
 
 
-OVERHEAD_CASES = (("meancache2", False), ("meancache", False), ("meancache2", True))  # (estimator, auto)
+AUTO_CASES = {"learned": " (auto: learning, learned plan)", "first": " (auto: first run, re-planning)"}
+OVERHEAD_CASES = (("meancache2", None), ("meancache", None), ("meancache2", "learned"), ("meancache2", "first"))
 OVERHEAD_REPEATS = 7  # runs per case; the median run is reported
 LEARNED_RUNS = 10  # the auto case plans from a profile that ten earlier 50-step runs filled
 
@@ -222,10 +223,11 @@ def measure_overhead(model) -> list[dict]:
 
     Every evaluation goes through :class:`CachedDenoiser` (step matching,
     decisions, history, estimates) with the model call replaced by a ready
-    tensor. The ``auto`` case also does what the ``auto`` source adds: it
-    plans the run from learned costs first, observes curvature and slope at
-    every computed step, and saves the learned profile at the end; that is
-    divided over the run's steps.
+    tensor. The ``auto`` cases also do what the ``auto`` source adds: they
+    observe curvature and slope at every computed step and save the learned
+    profile at the end; a later run plans from learned costs first, a first
+    run re-plans its steps below sigma 0.75 after every computed step. That is divided
+    over the run's steps.
     """
     sigmas = flow_sigmas(50, SHIFT)
     noise, labels = seeds_noise([0], model.latent_shape)
@@ -246,7 +248,7 @@ def measure_overhead(model) -> list[dict]:
                     for _ in range(OVERHEAD_REPEATS):
                         start = time.perf_counter()
                         if auto:
-                            learned = Observations.from_dict(earlier.to_dict())
+                            learned = Observations.from_dict(earlier.to_dict()) if auto == "learned" else Observations()
                             cached = cached_denoiser(None, sigmas, compute_steps=20, learn=learned)
                         else:
                             cached = CachedDenoiser(None, plan(sigmas, compute_steps=20, estimator=estimator))
@@ -262,7 +264,7 @@ def measure_overhead(model) -> list[dict]:
                         {
                             "shape": list(shape),
                             "dtype": str(dtype).removeprefix("torch."),
-                            "estimator": estimator + (" (auto: learning, learned plan)" if auto else ""),
+                            "estimator": estimator + AUTO_CASES.get(auto, ""),
                             "mean_us_per_step": round(mean_us, 1),
                             "fraction_of_forward": round(mean_us / (1e6 * forward), 3),
                             "embedded_forward_us": round(1e6 * forward, 1),

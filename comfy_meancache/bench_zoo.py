@@ -4,8 +4,10 @@ For every zoo model (``comfy_meancache.flowmodel.zoo``), CFG scale, sampler
 (euler, dpmpp_2m, res_multistep) and model-call budget B of N steps:
 
 * **fewer steps**: the same sampler with B steps, the honest competitor;
-* **default**: MeanCache as a user gets it without calibrating: the default
-  estimator on even costs (:func:`core.costs.even_costs`), which fit nothing;
+* **default**: MeanCache as a user gets it without calibrating, a model's
+  first run under ``auto``: the default estimator on even costs
+  (:func:`core.costs.even_costs`), which fit nothing, with its steps below
+  sigma 0.75 re-planned from what the run itself showed by then;
 * **prior**: the Gaussian-mixture prior *refit without the model being
   scored* (:func:`core.prior.fit_prior` on the other zoo models), so no
   number is measured on what was fitted;
@@ -38,7 +40,6 @@ from pathlib import Path
 import torch
 
 from .bench import full_runs
-from .core.costs import even_costs
 from .core.estimators import DEFAULT_ESTIMATOR
 from .core.learning import Observations
 from .core.prior import MixturePrior, fit_prior, prior_costs
@@ -157,10 +158,12 @@ def score_model(
             sampler = SAMPLERS[sampler_name]
             sigmas = sampler_sigmas(sampler_name, STEPS)
             grid = torch.tensor(sigmas)
-            plan_from = {
-                "default": dict(costs=even_costs(STEPS, DEFAULT_ESTIMATOR)),
-                "prior": dict(costs=prior_costs(sigmas, DEFAULT_ESTIMATOR, prior=prior)),
-                "calibrated": dict(profile=Profile("calibration", runs=[calibration[cfg]])),
+            priced = prior_costs(sigmas, DEFAULT_ESTIMATOR, prior=prior)
+            calibrated = Profile("calibration", runs=[calibration[cfg]])
+            plan_from = {  # fresh arguments per run: a run adds what it learns to its observations
+                "default": lambda: dict(learn=Observations()),  # auto's first run: nothing learned yet
+                "prior": partial(dict, costs=priced),
+                "calibrated": partial(dict, profile=calibrated),
             }
             full = sampler(denoise, noise, grid)
             refs = References(model.decode(full), exact)
@@ -170,7 +173,7 @@ def score_model(
                 fewer = sampler(denoise, noise, torch.tensor(sampler_sigmas(sampler_name, budget)))
                 cells.append(Cell(*key, "fewer steps", budget, budget, *refs.score(model, fewer)))
                 for method, source in plan_from.items():
-                    cached = cached_denoiser(denoise, sigmas, compute_steps=budget, **source)
+                    cached = cached_denoiser(denoise, sigmas, compute_steps=budget, **source())
                     latent = sampler(cached, noise, grid)
                     cells.append(Cell(*key, method, budget, cached.stats.model_calls, *refs.score(model, latent)))
                 learned = Observations()
@@ -199,7 +202,8 @@ def markdown(cells: list[Cell], machine: str, seeds: int) -> str:
     lines = [
         f"Zoo benchmark of {date.today().isoformat()} on {machine}; N = {STEPS}, {seeds} held-out seeds.",
         "PSNR in dB against the same sampler's full run (against Heun 500 steps in brackets); "
-        "default = even costs (nothing fitted, a model's first run); learned / 4th run = after one / three "
+        "default = a model's first run (even costs, re-planned below sigma 0.75 from the run itself; nothing "
+        "fitted); learned / 4th run = after one / three "
         "earlier runs of the model; "
         "prior = mixture prior refit without the scored model.",
         "",

@@ -1,6 +1,7 @@
 """Planning from a named cost source, for the Planner node and for runs on other sigmas.
 
-A cost source is ``auto`` (the default: evenly on a model's first run, then
+A cost source is ``auto`` (the default: evenly on a model's first run, its
+steps below sigma 0.75 re-planned from what the run saw, then
 from the costs its own earlier runs showed, resolved by the hook when it
 knows the model and sampler), ``even`` (calls spread evenly over the
 sampler's steps, nothing assumed about the model), ``prior`` (the built-in
@@ -79,7 +80,9 @@ def learned_plan(schedule: Schedule, observations: Observations) -> Schedule:
     the schedule stays as it is, with a note saying why.
     """
     if not len(observations):
-        return schedule.with_notes("auto: this model's first run here plans evenly; later runs plan from it")
+        return schedule.with_notes(
+            "auto: this model's first run here plans evenly, re-planned below sigma 0.75; later runs plan from it"
+        )
     if schedule.estimator != LEARNED_ESTIMATOR:
         return schedule.with_notes(f"auto: learned costs price {LEARNED_ESTIMATOR}, not {schedule.estimator}; even")
     costs = learned_costs(schedule.sigmas, observations, schedule.settings.max_gap)

@@ -96,6 +96,8 @@ def test_zoo_targets_say_which_misses_the_seeds_cannot_tell_from_a_hit():
 def test_bench_overhead_times_every_case_through_the_cached_denoiser(tmp_path, capsys):
     assert main(["bench", "--overhead", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "overhead.json").read_text())["overhead"]
-    assert len(rows) == 2 * 2 * 3 and all(r["mean_us_per_step"] > 0 for r in rows)
-    assert {r["estimator"] for r in rows} == {"meancache2", "meancache", "meancache2 (auto: learning, learned plan)"}
-    assert "| [2, 16, 128, 128] | float32 | meancache2 (auto: learning, learned plan) |" in capsys.readouterr().out
+    assert len(rows) == 2 * 2 * 4 and all(r["mean_us_per_step"] > 0 for r in rows)
+    learned, first = "meancache2 (auto: learning, learned plan)", "meancache2 (auto: first run, re-planning)"
+    assert {r["estimator"] for r in rows} == {"meancache2", "meancache", learned, first}
+    out = capsys.readouterr().out
+    assert f"| [2, 16, 128, 128] | float32 | {learned} |" in out and f"| [2, 16, 128, 128] | float32 | {first} |" in out

@@ -14,10 +14,11 @@ from comfy_meancache.core.learning import (
     one_step_errors,
     save_learned,
 )
-from comfy_meancache.core.planner import plan
-from comfy_meancache.core.runtime import cached_denoiser
+from comfy_meancache.core.planner import plan, replan_rest
+from comfy_meancache.core.runtime import cached_denoiser, first_run_replan_from
 from comfy_meancache.core.schedule import MEASURED_WARMUP, PlannerSettings
 from comfy_meancache.core.sigmas import flow_sigmas
+from comfy_meancache.core.stepper import Action
 from comfy_meancache.samplers import sample_dpmpp_2m, sample_euler
 
 SIGMAS = flow_sigmas(30)
@@ -71,6 +72,30 @@ def test_a_second_run_plans_from_what_the_first_showed():
     assert field.calls == second.stats.model_calls == 12 and len(learned) == 20
     with pytest.raises(ValueError, match="learned costs are for meancache2"):
         cached_denoiser(Field(), SIGMAS, compute_steps=12, estimator="reuse", learn=learned)
+
+
+def test_a_first_run_replans_its_second_half_from_its_own_curvature():
+    field, learned = Field(), Observations()
+    first = cached_denoiser(field, SIGMAS, compute_steps=12, learn=learned)
+    sample_dpmpp_2m(first, noise(), torch.tensor(SIGMAS, dtype=torch.float64))
+    stats, start = first.stats, first_run_replan_from(first.schedule)
+    ran = tuple(r.step for r in stats.records if r.action is Action.COMPUTE)
+    assert start == 15 and field.calls == stats.model_calls == 12 and ran == stats.schedule.computed_steps
+    at = next(k for k, step in enumerate(ran) if step >= start)  # the first re-plan, after step ran[at]
+    assert ran[: at + 1] == first.schedule.computed_steps[: at + 1] and ran != first.schedule.computed_steps
+    seen = Observations()
+    for sigma, curvature, slope in zip(learned.sigma, learned.curvature, learned.slope):
+        if sigma >= SIGMAS[ran[at]]:
+            seen.add(sigma, curvature, slope)
+    costs = learned_costs(SIGMAS, seen, first.schedule.settings.max_gap)
+    assert replan_rest(first.schedule, costs, list(ran[: at + 1])).computed_steps == ran
+    assert stats.schedule.notes[-1].endswith(f"curvature: the plan changed 1 time(s), last at step {ran[at]}")
+    for kept in (  # even costs without learning, and a plan from learned costs, run as planned
+        cached_denoiser(Field(), SIGMAS, compute_steps=12),
+        cached_denoiser(Field(), SIGMAS, compute_steps=12, learn=learned),
+    ):
+        sample_dpmpp_2m(kept, noise(), torch.tensor(SIGMAS, dtype=torch.float64))
+        assert kept.stats.schedule is kept.schedule
 
 
 def test_a_learned_plan_forces_only_step_0_of_the_warm_up_unless_settings_are_given():
