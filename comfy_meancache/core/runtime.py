@@ -186,7 +186,9 @@ class CachedDenoiser:
             f"curvature: the plan changed {self._replans} time(s), last at step {computed[-1]}"
         )
         notes = (*self.schedule.notes, note)  # the plan's own notes, then this one (replacing the last re-plan's)
-        self.stepper.schedule = self.stepper.stats.schedule = replace(replanned, notes=notes)
+        source = f"{self.schedule.settings.cost_source}, re-planned from this run's curvature"
+        replanned = replace(replanned, notes=notes, settings=replace(replanned.settings, cost_source=source))
+        self.stepper.schedule = self.stepper.stats.schedule = replanned
 
     @property
     def stats(self) -> RunStats:

@@ -90,6 +90,7 @@ def test_a_first_run_replans_its_second_half_from_its_own_curvature():
     costs = learned_costs(SIGMAS, seen, first.schedule.settings.max_gap)
     assert replan_rest(first.schedule, costs, list(ran[: at + 1])).computed_steps == ran
     assert stats.schedule.notes[-1].endswith(f"curvature: the plan changed 1 time(s), last at step {ran[at]}")
+    assert stats.schedule.settings.cost_source == "even, re-planned from this run's curvature"
     for kept in (  # even costs without learning, and a plan from learned costs, run as planned
         cached_denoiser(Field(), SIGMAS, compute_steps=12),
         cached_denoiser(Field(), SIGMAS, compute_steps=12, learn=learned),
