@@ -212,7 +212,7 @@ def budgets_for(steps: int) -> list[int]:
     return sorted({max(2, round(steps * b / 50)) for b in BUDGETS_OF_50}, reverse=True)
 
 
-AUTO_CASES = {"learned": " (auto: learning, learned plan)", "first": " (auto: first run, re-planning)"}
+AUTO_CASES = {"learned": " (auto: learning, learned plan)", "first": " (auto: first run, learning)"}
 OVERHEAD_CASES = (("meancache2", None), ("meancache", None), ("meancache2", "learned"), ("meancache2", "first"))
 OVERHEAD_REPEATS = 7  # runs per case; the median run is reported
 LEARNED_RUNS = 10  # the auto case plans from a profile that ten earlier 50-step runs filled
@@ -226,8 +226,8 @@ def measure_overhead(model) -> list[dict]:
     tensor. The ``auto`` cases also do what the ``auto`` source adds: they
     observe curvature and slope at every computed step and save the learned
     profile at the end; a later run plans from learned costs first, a first
-    run re-plans its steps below sigma 0.75 after every computed step. That is divided
-    over the run's steps.
+    run plans as one (:func:`~.core.learning.first_run_plan`). That is
+    divided over the run's steps.
     """
     sigmas = flow_sigmas(50, SHIFT)
     noise, labels = seeds_noise([0], model.latent_shape)

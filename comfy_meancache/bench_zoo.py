@@ -6,8 +6,8 @@ For every zoo model (``comfy_meancache.flowmodel.zoo``), CFG scale, sampler
 * **fewer steps**: the same sampler with B steps, the honest competitor;
 * **default**: MeanCache as a user gets it without calibrating, a model's
   first run under ``auto``: the default estimator on even costs
-  (:func:`core.costs.even_costs`), which fit nothing, with its steps below
-  sigma 0.75 re-planned from what the run itself showed by then;
+  (:func:`core.costs.even_costs`), which fit nothing, kept while sigma is
+  above 0.75 and planned for flat curvature below (:func:`core.learning.first_run_plan`);
 * **prior**: the Gaussian-mixture prior *refit without the model being
   scored* (:func:`core.prior.fit_prior` on the other zoo models), so no
   number is measured on what was fitted;
@@ -202,7 +202,7 @@ def markdown(cells: list[Cell], machine: str, seeds: int) -> str:
     lines = [
         f"Zoo benchmark of {date.today().isoformat()} on {machine}; N = {STEPS}, {seeds} held-out seeds.",
         "PSNR in dB against the same sampler's full run (against Heun 500 steps in brackets); "
-        "default = a model's first run (even costs, re-planned below sigma 0.75 from the run itself; nothing "
+        "default = a model's first run (even costs, for flat curvature below sigma 0.75; nothing "
         "fitted); learned / 4th run = after one / three "
         "earlier runs of the model; "
         "prior = mixture prior refit without the scored model.",

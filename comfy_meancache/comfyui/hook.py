@@ -8,9 +8,9 @@ Two wrappers, registered with ``ModelPatcher.add_wrapper_with_key``:
   :class:`RunState` and, in ``finally``, frees it and publishes the run's
   statistics, so interrupts and errors leave nothing behind. Under the
   ``auto`` cost source it plans from the model's learned profile
-  (:mod:`.auto_profile`), and a completed run adds what it observed to it;
-  with nothing learned yet, the run re-plans its steps below sigma 0.75
-  from what it has seen by then.
+  (:mod:`.auto_profile`), or as a first run when nothing is learned yet
+  (:func:`~..core.learning.first_run_plan`), and a completed run adds what
+  it observed to it.
 * PREDICT_NOISE, once per sampler evaluation: the guided prediction, covering
   cond and uncond however they are batched. It sees the CFG-combined denoised
   ``x0``, so the velocity is ``v = (x - x0) / sigma`` and a skipped step returns
@@ -32,7 +32,7 @@ from dataclasses import replace
 from ..core.estimators import DEFAULT_ESTIMATOR
 from ..core.learning import Observations
 from ..core.profile import TrajectoryRecorder
-from ..core.runtime import SIGMA_RTOL, CachedDenoiser, first_run_replan_from
+from ..core.runtime import SIGMA_RTOL, CachedDenoiser
 from ..core.schedule import Schedule
 from ..core.stepper import RunStats, fingerprint
 from .auto_profile import AutoProfile, architecture_key, profile_path
@@ -134,7 +134,6 @@ class RunState:
             debug=holder.debug,
             on_compute=self.recorder.observe if self.recorder is not None else None,
             learn=auto.observations if auto is not None else None,
-            replan_from=first_run_replan_from(schedule) if auto is not None and not len(auto.for_planning) else None,
         )
         self.notes = notes  # this run's own; how its plan was derived is in the plan's notes
         self.log_lines = [*derived, *notes]

@@ -112,8 +112,8 @@ class MeanCachePlanner(io.ComfyNode):
                     "cost_source",
                     options=[*BUILT_IN_SOURCES, *saved_profiles()],
                     default=AUTO,
-                    tooltip="Where edge costs come from. auto (default): a model's first run plans evenly and "
-                    "re-plans its steps below sigma 0.75 from what it has seen by then; every cached run teaches this "
+                    tooltip="Where edge costs come from. auto (default): a model's first run plans evenly while "
+                    "sigma is above 0.75 and for flat curvature below; every cached run teaches this "
                     "model's costs (at no extra model call) to a small profile in "
                     "user/meancache/auto, keyed by model, LoRAs, sampler and cfg, and later runs plan from it. "
                     "even: model calls spread evenly over your sampler's steps, nothing assumed or learned. "

@@ -1,7 +1,7 @@
 """Planning from a named cost source, for the Planner node and for runs on other sigmas.
 
-A cost source is ``auto`` (the default: evenly on a model's first run, its
-steps below sigma 0.75 re-planned from what the run saw, then
+A cost source is ``auto`` (the default: a model's first run evenly at high
+noise and for flat curvature below sigma 0.75, then
 from the costs its own earlier runs showed, resolved by the hook when it
 knows the model and sampler), ``even`` (calls spread evenly over the
 sampler's steps, nothing assumed about the model), ``prior`` (the built-in
@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..core.costs import even_costs
-from ..core.learning import LEARNED_ESTIMATOR, Observations, learned_costs
+from ..core.learning import LEARNED_ESTIMATOR, Observations, first_run_plan, learned_costs
 from ..core.official import OFFICIAL_SOURCE, official_plan
 from ..core.planner import fewest_calls, plan
 from ..core.presets import CUSTOM
@@ -76,12 +76,14 @@ def learned_plan(schedule: Schedule, observations: Observations) -> Schedule:
     """``schedule`` planned again from what earlier runs of this model learned, with the same model calls.
 
     A preset's warm-up drops to step 0 (:func:`for_measured_costs`). Without
-    observations, or for an estimator other than the one learned costs price,
-    the schedule stays as it is, with a note saying why.
+    observations it becomes a first run's plan (:func:`first_run_plan`); for
+    an estimator other than the one learned costs price, the schedule stays
+    as it is; a note says which.
     """
     if not len(observations):
-        return schedule.with_notes(
-            "auto: this model's first run here plans evenly, re-planned below sigma 0.75; later runs plan from it"
+        return first_run_plan(schedule).with_notes(
+            "auto: this model's first run here plans evenly at high noise, then for flat curvature; "
+            "later runs plan from it"
         )
     if schedule.estimator != LEARNED_ESTIMATOR:
         return schedule.with_notes(f"auto: learned costs price {LEARNED_ESTIMATOR}, not {schedule.estimator}; even")

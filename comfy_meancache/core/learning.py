@@ -28,19 +28,22 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .costs import EdgeCosts
+from .planner import replan_rest
 from .profile import temporary_beside
+from .schedule import Schedule
 
 MAX_OBSERVATIONS = 4096  # three 7-digit floats each in JSON: about 160 kB per model
 MAX_FILE_BYTES = 1 << 20
 SAMPLE_ELEMENTS = 1 << 16  # of each velocity, for its curvature and slope
 LEARNED_ESTIMATOR = "meancache2"  # the estimator whose errors the curvature form prices
+FIRST_RUN_EVEN_ABOVE = 0.75  # a first run keeps the even plan while sigma is above this
 LEARNED_FORMAT = "comfy-meancache-learned"
 LEARNED_VERSION = 1
 
@@ -208,3 +211,36 @@ def learned_costs(sigmas: Sequence[float], observations: Observations, max_gap: 
     total = np.cumsum(np.where(inside, h[m] * error, 0.0), axis=2)
     band[:, :, 2:] = np.where(inside & starts, total, np.inf)
     return EdgeCosts(LEARNED_ESTIMATOR, band, f"learned ({len(observations)} observations)")
+
+
+def first_run_plan(schedule: Schedule) -> Schedule:
+    """A first run's plan (nothing learned yet) from the even ``schedule``: even at high noise, then for flat curvature.
+
+    The even plan is kept through its first computed step at or below sigma
+    :data:`FIRST_RUN_EVEN_ABOVE`; the calls left are planned again with the
+    learned-cost form for a curvature that stays the same from there on. The
+    later sigma steps are longer, so this moves calls toward the end, as
+    calibrated plans do. It is what a run would get by re-planning itself
+    from its own observations with the curvature ahead taken as flat: the
+    observed level scales every remaining edge alike, so it cannot move the
+    plan (README, "Learning your model"). Kept at high noise because there an
+    error can grow instead of fading (the zoo's photo UNet) and plans that
+    took calls from those steps lost. Other estimators, fragments and plans
+    that compute every step stay as they are.
+    """
+    n = schedule.steps
+    if schedule.estimator != LEARNED_ESTIMATOR or schedule.part_of is not None or schedule.model_calls == n:
+        return schedule
+    computed = schedule.computed_steps
+    at = next((k for k, step in enumerate(computed) if schedule.sigmas[step] <= FIRST_RUN_EVEN_ABOVE), None)
+    if at is None:
+        return schedule
+    flat = Observations([1.0], [1.0], [1.0])
+    replanned = replan_rest(
+        schedule, learned_costs(schedule.sigmas, flat, schedule.settings.max_gap), list(computed[: at + 1])
+    )
+    if replanned is None or replanned is schedule:
+        return schedule
+    source = f"{schedule.settings.cost_source}, flat curvature from step {computed[at]}"
+    note = f"first run: even while sigma > {FIRST_RUN_EVEN_ABOVE:g}, then for flat curvature from step {computed[at]}"
+    return replace(replanned, settings=replace(schedule.settings, cost_source=source), notes=(*schedule.notes, note))

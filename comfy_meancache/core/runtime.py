@@ -27,8 +27,8 @@ from dataclasses import replace
 import torch
 
 from .costs import EdgeCosts, even_costs
-from .learning import LEARNED_ESTIMATOR, Observations, learned_costs, one_step_errors, sample_blocks
-from .planner import plan, replan_rest
+from .learning import Observations, first_run_plan, learned_costs, one_step_errors, sample_blocks
+from .planner import plan
 from .presets import PRESETS
 from .profile import Profile
 from .schedule import PlannerSettings, Schedule
@@ -36,26 +36,6 @@ from .stepper import Action, RunStats, Stepper
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SIGMA_RTOL = 1e-5
-REPLAN_BELOW_SIGMA = 0.75  # a first run re-plans its steps at or below this noise level
-
-
-def first_run_replan_from(schedule: Schedule) -> int | None:
-    """The step from which a run that knows nothing of its model re-plans the rest (None: it does not).
-
-    Such a run (``auto`` with nothing learned) plans evenly. Once sigma is at
-    most :data:`REPLAN_BELOW_SIGMA`, after every computed step, it plans the
-    remaining calls again from the curvature its own computed steps have
-    shown, taken as flat beyond the last one seen: that moves calls to where
-    the sigma steps grow and the curvature still costs. Re-planning at higher
-    noise moved calls out of the steps where an error grows most (on the zoo's
-    photo UNet it can flip a sample to another image) and lost more than it
-    won; the threshold was chosen leave-one-out over the zoo (README,
-    "Learning your model").
-    """
-    skips = schedule.model_calls < schedule.steps
-    if schedule.estimator != LEARNED_ESTIMATOR or schedule.part_of is not None or not skips:
-        return None
-    return next((i for i, s in enumerate(schedule.sigmas[:-1]) if s <= REPLAN_BELOW_SIGMA), None)
 
 
 class StepMatcher:
@@ -100,10 +80,7 @@ class CachedDenoiser:
     velocity (calibration records runs through it). With ``learn``, every
     computed step after two others adds what it shows of the model's
     curvature and slope to those observations when the run ends (one device
-    read per run, none per step). With ``replan_from``, every computed step
-    from that one on re-plans the rest of the run from what this run's
-    computed steps have shown (:func:`first_run_replan_from`; one device read
-    per re-plan), keeping the model-call budget.
+    read per run, none per step).
     """
 
     def __init__(
@@ -116,7 +93,6 @@ class CachedDenoiser:
         debug: bool = False,
         on_compute: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
         learn: Observations | None = None,
-        replan_from: int | None = None,
     ) -> None:
         self.denoise = denoise
         self.schedule = schedule
@@ -126,10 +102,6 @@ class CachedDenoiser:
         self.learn = learn
         self._seen: list[tuple[int, torch.Tensor]] = []  # (step, [curvature, slope]) until the run ends
         self._stats: RunStats | None = None
-        self.replan_from = replan_from
-        self._own = Observations()  # this run's observations on the host, for re-planning
-        self._read = 0  # of self._seen, into self._own
-        self._replans = 0  # re-plans that changed the plan
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if self.denoise is None:
@@ -148,11 +120,9 @@ class CachedDenoiser:
         if self.stepper.decide(step, x) is Action.COMPUTE:
             denoised = compute()
             velocity = torch.sub(x, denoised).div_(s)
-            if self.learn is not None or self.replan_from is not None:
+            if self.learn is not None:
                 self._observe(step, velocity)
             self.stepper.record(step, velocity)
-            if self.replan_from is not None and step >= self.replan_from:
-                self._replan()
             if self.on_compute is not None:
                 self.on_compute(step, x, velocity)
             return denoised
@@ -166,29 +136,6 @@ class CachedDenoiser:
             v_r, v_a, v_b = (sample_blocks(v) for v in (v_r, v_a, velocity.to(v_a.device)))
             errors = one_step_errors(sigmas, r, a, step, v_r, v_a, v_b)
             self._seen.append((step, errors))
-
-    def _replan(self) -> None:
-        """Plan the rest of the run again from this run's observations so far (flat beyond the last)."""
-        for step, errors in self._seen[self._read :]:
-            self._own.add(self.matcher.sigmas[step], *errors.tolist())
-        self._read = len(self._seen)
-        if not len(self._own):
-            return
-        schedule = self.stepper.schedule
-        computed = [r.step for r in self.stepper.stats.records if r.action is Action.COMPUTE]
-        costs = learned_costs(schedule.sigmas, self._own, schedule.settings.max_gap)
-        replanned = replan_rest(schedule, costs, computed)
-        if replanned is None or replanned is schedule:
-            return
-        self._replans += 1
-        note = (
-            f"re-planned the rest after each computed step from step {self.replan_from} on, from this run's "
-            f"curvature: the plan changed {self._replans} time(s), last at step {computed[-1]}"
-        )
-        notes = (*self.schedule.notes, note)  # the plan's own notes, then this one (replacing the last re-plan's)
-        source = f"{self.schedule.settings.cost_source}, re-planned from this run's curvature"
-        replanned = replace(replanned, notes=notes, settings=replace(replanned.settings, cost_source=source))
-        self.stepper.schedule = self.stepper.stats.schedule = replanned
 
     @property
     def stats(self) -> RunStats:
@@ -232,9 +179,9 @@ def cached_denoiser(
     With ``learn`` (observations of this model, kept by the caller across
     runs) the plan comes from what earlier runs showed
     (:func:`~.learning.learned_costs`, ``meancache2``) once there is any, and
-    this run adds its own; with nothing learned yet, the run plans evenly and
-    re-plans its steps below sigma 0.75 from what it has shown by then
-    (:func:`first_run_replan_from`). Costs measured on the model (a profile,
+    this run adds its own; with nothing learned yet, it plans as a first run
+    (:func:`~.learning.first_run_plan`: even at high noise, then for flat
+    curvature). Costs measured on the model (a profile,
     learned costs) price its first steps, so without ``settings`` such a plan
     computes only step 0 of the warm-up.
     """
@@ -263,11 +210,6 @@ def cached_denoiser(
         costs = even_costs(len(grid) - 1, estimator, settings.max_span, settings.max_gap)
     budget = dict(speedup=chosen.speedup) if chosen else dict(compute_steps=compute_steps, speedup=speedup)
     schedule = plan(grid, estimator=estimator, settings=settings, costs=costs, **budget)
-    return CachedDenoiser(
-        denoise,
-        schedule,
-        corrector_first=corrector_first,
-        cache_device=cache_device,
-        learn=learn,
-        replan_from=first_run_replan_from(schedule) if knows_nothing else None,
-    )
+    if knows_nothing:
+        schedule = first_run_plan(schedule)
+    return CachedDenoiser(denoise, schedule, corrector_first=corrector_first, cache_device=cache_device, learn=learn)

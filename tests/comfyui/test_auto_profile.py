@@ -1,7 +1,7 @@
 """The ``auto`` cost source inside real ComfyUI: a model learns its costs from its own cached runs.
 
-The first run plans evenly (its steps below sigma 0.75 re-planned from what
-it saw) and creates the model's learned profile under ``user/meancache/auto``;
+The first run plans evenly at high noise and for flat curvature below sigma
+0.75, and creates the model's learned profile under ``user/meancache/auto``;
 the second plans from it (exactly the plan the saved observations give); a
 corrupt file or a folder that cannot be written costs a warning and a run
 planned as a first run, never a failed prompt or lost data.
@@ -16,9 +16,8 @@ import pytest
 
 from comfy_meancache.comfyui.auto_profile import model_identity
 from comfy_meancache.comfyui.nodes import MeanCacheApply, MeanCacheCalibrate, MeanCachePlanner, MeanCacheReport
-from comfy_meancache.core.learning import learned_costs, load_learned
+from comfy_meancache.core.learning import first_run_plan, learned_costs, load_learned
 from comfy_meancache.core.planner import plan
-from comfy_meancache.core.runtime import first_run_replan_from
 from comfy_meancache.core.schedule import MEASURED_WARMUP
 
 STEPS, CALLS, CFG = 20, 8, 4.0
@@ -45,10 +44,9 @@ def learned_files(user_dir):
 
 
 def planned_as_a_first_run(run, schedule) -> bool:
-    """``run`` followed ``schedule``'s even plan to its first re-plan, then re-planned the rest from itself."""
-    at = next(k for k, step in enumerate(schedule.computed_steps) if step >= first_run_replan_from(schedule))
-    kept = run.schedule.computed_steps[: at + 1] == schedule.computed_steps[: at + 1]
-    return kept and run.schedule.notes[-1].startswith("re-planned the rest after each computed step from step ")
+    """``run`` followed the first-run plan of the Planner's even ``schedule`` (nothing learned yet)."""
+    expected = first_run_plan(schedule)
+    return run.schedule.computed_steps == expected.computed_steps and expected.notes[-1] in run.schedule.notes
 
 
 def learned_steps(run, observations, calls=CALLS) -> tuple[int, ...]:
@@ -72,6 +70,7 @@ def test_first_run_creates_the_profile_and_the_second_plans_from_it(zimage, user
     first = history.latest
     assert first.model_calls == CALLS and counter.count == 2 * CALLS  # cond and uncond apart
     assert planned_as_a_first_run(first, schedule)  # nothing learned yet
+    assert first.schedule.computed_steps != schedule.computed_steps and "flat curvature" in first.schedule.notes[-1]
     [path] = learned_files(user_dir)
     assert path.name.startswith("Lumina2-") and path.name.endswith("-euler-cfg4.json")
     learned, metadata = load_learned(path)
@@ -86,7 +85,7 @@ def test_first_run_creates_the_profile_and_the_second_plans_from_it(zimage, user
     assert second.schedule.computed_steps == learned_steps(second, learned) and counter.count == 2 * CALLS
     assert second.schedule.settings.cost_source == f"learned ({CALLS - 2} observations)"
     assert second.schedule.settings.warmup == 3  # a custom warm-up is kept
-    assert not any(n.startswith("re-planned the rest") for n in second.schedule.notes)  # learned: as planned
+    assert not any(n.startswith("first run:") for n in second.schedule.notes)
     assert load_learned(path)[1]["runs"] == 2 and len(load_learned(path)[0]) > len(learned)
     assert path.stat().st_size < 1 << 20
 

@@ -97,7 +97,7 @@ def test_bench_overhead_times_every_case_through_the_cached_denoiser(tmp_path, c
     assert main(["bench", "--overhead", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "overhead.json").read_text())["overhead"]
     assert len(rows) == 2 * 2 * 4 and all(r["mean_us_per_step"] > 0 for r in rows)
-    learned, first = "meancache2 (auto: learning, learned plan)", "meancache2 (auto: first run, re-planning)"
+    learned, first = "meancache2 (auto: learning, learned plan)", "meancache2 (auto: first run, learning)"
     assert {r["estimator"] for r in rows} == {"meancache2", "meancache", learned, first}
     out = capsys.readouterr().out
     assert f"| [2, 16, 128, 128] | float32 | {learned} |" in out and f"| [2, 16, 128, 128] | float32 | {first} |" in out

@@ -5,17 +5,20 @@ import pytest
 import torch
 from exact_flow import Field, noise
 
+from comfy_meancache.core.costs import even_costs
 from comfy_meancache.core.learning import (
+    FIRST_RUN_EVEN_ABOVE,
     MAX_FILE_BYTES,
     MAX_OBSERVATIONS,
     Observations,
+    first_run_plan,
     learned_costs,
     load_learned,
     one_step_errors,
     save_learned,
 )
 from comfy_meancache.core.planner import plan, replan_rest
-from comfy_meancache.core.runtime import cached_denoiser, first_run_replan_from
+from comfy_meancache.core.runtime import cached_denoiser
 from comfy_meancache.core.schedule import MEASURED_WARMUP, PlannerSettings
 from comfy_meancache.core.sigmas import flow_sigmas
 from comfy_meancache.core.stepper import Action
@@ -63,7 +66,7 @@ def test_a_second_run_plans_from_what_the_first_showed():
     learned = Observations()
     first = cached_denoiser(Field(), SIGMAS, compute_steps=12, learn=learned)
     sample_dpmpp_2m(first, noise(), torch.tensor(SIGMAS, dtype=torch.float64))
-    assert first.schedule.settings.cost_source == "even" and len(learned) == 0  # added when the run ends
+    assert first.schedule.settings.cost_source.startswith("even") and len(learned) == 0  # added when it ends
     assert first.stats.model_calls == 12 and len(learned) == 12 - 2
     field = Field()
     second = cached_denoiser(field, SIGMAS, compute_steps=12, learn=learned)
@@ -74,29 +77,29 @@ def test_a_second_run_plans_from_what_the_first_showed():
         cached_denoiser(Field(), SIGMAS, compute_steps=12, estimator="reuse", learn=learned)
 
 
-def test_a_first_run_replans_its_second_half_from_its_own_curvature():
+def test_a_first_run_plans_evenly_at_high_noise_then_for_flat_curvature():
     field, learned = Field(), Observations()
     first = cached_denoiser(field, SIGMAS, compute_steps=12, learn=learned)
     sample_dpmpp_2m(first, noise(), torch.tensor(SIGMAS, dtype=torch.float64))
-    stats, start = first.stats, first_run_replan_from(first.schedule)
-    ran = tuple(r.step for r in stats.records if r.action is Action.COMPUTE)
-    assert start == 15 and field.calls == stats.model_calls == 12 and ran == stats.schedule.computed_steps
-    at = next(k for k, step in enumerate(ran) if step >= start)  # the first re-plan, after step ran[at]
-    assert ran[: at + 1] == first.schedule.computed_steps[: at + 1] and ran != first.schedule.computed_steps
-    seen = Observations()
-    for sigma, curvature, slope in zip(learned.sigma, learned.curvature, learned.slope):
-        if sigma >= SIGMAS[ran[at]]:
-            seen.add(sigma, curvature, slope)
-    costs = learned_costs(SIGMAS, seen, first.schedule.settings.max_gap)
-    assert replan_rest(first.schedule, costs, list(ran[: at + 1])).computed_steps == ran
-    assert stats.schedule.notes[-1].endswith(f"curvature: the plan changed 1 time(s), last at step {ran[at]}")
-    assert stats.schedule.settings.cost_source == "even, re-planned from this run's curvature"
-    for kept in (  # even costs without learning, and a plan from learned costs, run as planned
-        cached_denoiser(Field(), SIGMAS, compute_steps=12),
-        cached_denoiser(Field(), SIGMAS, compute_steps=12, learn=learned),
-    ):
-        sample_dpmpp_2m(kept, noise(), torch.tensor(SIGMAS, dtype=torch.float64))
-        assert kept.stats.schedule is kept.schedule
+    even = plan(SIGMAS, compute_steps=12, costs=even_costs(len(SIGMAS) - 1, "meancache2"))
+    ran = tuple(r.step for r in first.stats.records if r.action is Action.COMPUTE)
+    assert first.schedule == first_run_plan(even) and ran == first.schedule.computed_steps != even.computed_steps
+    assert field.calls == first.stats.model_calls == 12 and len(learned) == 10
+    at = next(k for k, step in enumerate(even.computed_steps) if SIGMAS[step] <= FIRST_RUN_EVEN_ABOVE)
+    assert ran[: at + 1] == even.computed_steps[: at + 1]  # even through the first call at sigma <= 0.75
+    for level in (1e-3, 1.0, 1e3):  # what a run would re-plan from its own observations: the level cancels
+        flat = learned_costs(SIGMAS, Observations([0.5], [level], [level]), even.settings.max_gap)
+        assert replan_rest(even, flat, list(ran[: at + 1])).computed_steps == ran
+    assert first.schedule.settings.cost_source == f"even, flat curvature from step {ran[at]}"
+    assert first.schedule.notes[-1].startswith("first run: even while sigma > 0.75")
+    kept = [  # a plan from learned costs, another estimator, every step computed
+        cached_denoiser(Field(), SIGMAS, compute_steps=12, learn=learned).schedule,
+        plan(SIGMAS, compute_steps=12, estimator="reuse", costs=even_costs(len(SIGMAS) - 1, "reuse")),
+        plan(SIGMAS, compute_steps=len(SIGMAS) - 1, costs=even_costs(len(SIGMAS) - 1, "meancache2")),
+    ]
+    assert all(first_run_plan(schedule) is schedule for schedule in kept[1:])
+    assert kept[0].settings.cost_source.startswith("learned")
+    assert cached_denoiser(Field(), SIGMAS, compute_steps=12).schedule == even  # no learning: plain even
 
 
 def test_a_learned_plan_forces_only_step_0_of_the_warm_up_unless_settings_are_given():
