@@ -6,7 +6,7 @@ already learned plans its first run from the model's nearest other setup
 model, budget B of 50 steps and setup (euler, dpmpp_2m, res_multistep at cfg 1
 and 4), three cached learning runs (4 seeds each) fill a profile per setup;
 every setup is then sampled on held-out seeds as a first run with nothing
-learned (even, re-planned below sigma 0.75 from itself), from its own
+learned (even, then flat curvature below sigma 0.75), from its own
 profile and from each other setup's, and scored by PSNR against its full run::
 
     python scripts/auto_transfer.py --seeds 6

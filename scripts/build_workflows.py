@@ -208,7 +208,7 @@ instead. Preset *balanced* makes {STEPS} steps cost about {round(STEPS / 2.5)} m
 Samplers: euler, ddim, dpmpp_2m, res_multistep, uni_pc and the other one-evaluation samplers are cached;
 heun / dpm_2 always compute their extra evaluations; ancestral and SDE samplers run uncached (one
 warning in the log). The Planner's cost source *auto* learns your model as you sample: the first run
-spreads the calls evenly and re-plans its low-noise second half from what it has seen, every cached
+spreads the calls evenly at high noise and plans its low-noise half for flat curvature, every cached
 run records how the model's velocity bends (no extra model call) in `ComfyUI/user/meancache/auto/`,
 and later runs plan from it. To measure instead, calibrate once (zimage_calibrate workflow).
 Z-Image Turbo samples in about 8 steps, which leaves little to skip: MeanCache is meant for the base

@@ -9,7 +9,7 @@ as a LoRA or a fine-tune makes); per setup (euler, dpmpp_2m, res_multistep at
 cfg 1 and 4) and budget B of 50 steps, three cached runs of the base model
 fill its profile and one cached run of the fine-tune fills the fine-tune's
 own; the fine-tune is then sampled on held-out seeds as a first run with
-nothing learned (even, re-planned below sigma 0.75 from itself), from the
+nothing learned (even, then flat curvature below sigma 0.75), from the
 base's profile and from its own, and scored by PSNR against its full run::
 
     python scripts/finetune_transfer.py --seeds 8

@@ -189,7 +189,7 @@ def load_learned(path: Path) -> tuple[Observations, dict]:
 def learned_costs(sigmas: Sequence[float], observations: Observations, max_gap: int = 8) -> EdgeCosts:
     """``meancache2`` edge costs on ``sigmas`` from ``observations`` (at least one needed).
 
-    Vectorised over edge starts: a run re-plans with these after its computed steps.
+    Vectorised over edge starts and back distances: every run under ``auto`` plans from these.
     """
     if not len(observations):
         raise ValueError("no observations to learn costs from")
