@@ -201,10 +201,10 @@ def _pair_state_path(trans: np.ndarray, n: int, budget: int, start: int = 0, bac
 def replan_rest(schedule: Schedule, costs: EdgeCosts, computed: list[int]) -> Schedule | None:
     """``schedule`` with the steps after ``computed[-1]`` planned again under ``costs``; None if none fits.
 
-    ``computed`` are the steps the run has computed so far, in order: they
-    stay as run, and the rest gets the model calls left of the schedule's
-    budget (PSSP from the last of them, the pair-state DP started where the
-    run stands). For pair-state costs (``meancache2``) only. A plan that
+    ``computed`` are the steps to keep, in order (a plan's first calls, or
+    what a run has computed so far); the rest gets the model calls left of
+    the schedule's budget (PSSP from the last of them: the pair-state DP
+    started there). For pair-state costs (``meancache2``) only. A plan that
     does not change is returned as it is (its edges keep their costs).
     """
     n, settings = schedule.steps, schedule.settings
