@@ -170,13 +170,16 @@ def _pair_transitions(band: np.ndarray, settings: PlannerSettings) -> np.ndarray
     return np.where(ok, trans, np.inf)
 
 
-def _pair_state_path(trans: np.ndarray, n: int, budget: int, start: int = 0, back: int = 0) -> list[int]:
-    """Exact DP over (nodes used, last node, distance to the node before), from node ``start`` reached ``back`` after
-    the one before it (0: none) to node ``n - 1``, through at most ``budget`` nodes counting ``start``."""
+def _pair_state_path(trans: np.ndarray, n: int, budget: int, back: int = 0) -> list[int]:
+    """Exact DP over (nodes used, last node, distance to the node before), from node 0 to node ``n - 1``.
+
+    Node 0 was reached ``back`` steps after the node before it (0: none);
+    the path has at most ``budget`` nodes, node 0 included.
+    """
     back_layers, gaps = trans.shape[1], trans.shape[2]
     g = np.full((budget, n, gaps), np.inf)
     parent = np.zeros((budget, n, gaps), dtype=np.int16)
-    g[0, start, back] = 0.0
+    g[0, 0, back] = 0.0
     d2 = np.arange(1, gaps)[None, :]
     b, k = np.nonzero(np.arange(n)[:, None] + d2 < n)  # edges b -> b + d2 inside the grid
     d2 = d2[0, k]
@@ -215,7 +218,7 @@ def replan_rest(schedule: Schedule, costs: EdgeCosts, computed: list[int]) -> Sc
         return None
     ahead = _pair_transitions(costs.band, settings)[last:]  # the DP over the steps ahead only
     try:
-        rest = _pair_state_path(ahead, n - last, left + 1, 0, back)
+        rest = _pair_state_path(ahead, n - last, left + 1, back)
     except ValueError:  # the calls left cannot reach the last step within the max gap
         return None
     nodes = [*computed, *(last + j for j in rest[1:])]
