@@ -170,7 +170,7 @@ class AutoProfile:
         for the nearest other setup, else from another model of the same
         architecture under the same setup that saw most of ``sigmas`` (this
         run's), if there is one. A file with unusable
-        content warns and plans evenly; the next save keeps it aside. One that
+        content warns and plans as a first run; the next save keeps it aside. One that
         cannot be read at all (permissions, a file where the folder should
         be) warns too.
         """

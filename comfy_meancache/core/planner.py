@@ -204,11 +204,10 @@ def _pair_state_path(trans: np.ndarray, n: int, budget: int, back: int = 0) -> l
 def replan_rest(schedule: Schedule, costs: EdgeCosts, computed: list[int]) -> Schedule | None:
     """``schedule`` with the steps after ``computed[-1]`` planned again under ``costs``; None if none fits.
 
-    ``computed`` are the steps to keep, in order (a plan's first calls, or
-    what a run has computed so far); the rest gets the model calls left of
-    the schedule's budget (PSSP from the last of them: the pair-state DP
-    started there). For pair-state costs (``meancache2``) only. A plan that
-    does not change is returned as it is (its edges keep their costs).
+    ``computed`` are the steps to keep, in order (a plan's first calls); the
+    rest gets the model calls left of the schedule's budget (PSSP from the
+    last of them: the pair-state DP started there). For pair-state costs
+    (``meancache2``) only. A plan that does not change is returned as it is.
     """
     n, settings = schedule.steps, schedule.settings
     last = computed[-1]

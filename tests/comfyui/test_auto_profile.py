@@ -172,7 +172,7 @@ def test_another_model_of_the_architecture_borrows_only_the_same_setup(zimage, u
         assert not any("planned from" in n for n in run.notes)
 
 
-def test_a_corrupt_profile_warns_plans_evenly_and_is_kept_aside(zimage, user_dir, caplog):
+def test_a_corrupt_profile_warns_plans_a_first_run_and_is_kept_aside(zimage, user_dir, caplog):
     schedule, patched, history = auto_model(zimage)
     harness.sample(patched, seed=1, steps=STEPS, cfg=CFG)
     [path] = learned_files(user_dir)
